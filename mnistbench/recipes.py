@@ -1,0 +1,216 @@
+"""Recipes: what to train to replicate one published number.
+
+A recipe = architecture + protocol + hyperparameters + the published row it replicates.
+The published table (`published_results.csv`, shipped in the package) is the one source of the
+published numbers *and* of the hyperparameters printed beside them (activation, cost, learning
+rate, momentum, mini-batch, epochs, L2, training images, reported split, selection rule). This
+module adds only what the table cannot say: the layer structure and which code's protocol
+produced the number.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import re
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+
+from .models import Arch
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How a source trained and evaluated: data, order, initialisation, L2, selection."""
+
+    code: str  # the code that produced the number: network, network2, network3, articles, tutorial
+    family: str  # "nielsen" or "pytorch"
+    split: str  # "nielsen" (50k/10k/10k) or "official" (60k/10k)
+    scaling: str  # "raw" [0, 1] or "normalized" (mean 0.1305, std 0.3081)
+    shuffle: bool  # reshuffle the training data every epoch
+    drop_last: bool  # network3.py uses size // mini_batch batches; the others keep the remainder
+    init: str  # see models.init_weights
+    decay: str  # which parameters L2 applies to: "weights" (the book) or "all" (torch weight_decay)
+    l2_divisor: str  # weight_decay = l2 / n ("images"), / num_training_batches ("batches"), or l2 ("none")
+    shuffle_expanded_once: bool = False  # the book's expanded file is shuffled once, not per epoch
+
+    def describe(self) -> str:
+        return {
+            "network": "network.py: first 50,000 train / 10,000 validation, pixels in [0, 1], "
+                       "weights and biases N(0, 1), reshuffled every epoch",
+            "network2": "network2.py: first 50,000 train / 10,000 validation, pixels in [0, 1], "
+                        "reshuffled every epoch, L2 as weight decay lambda/n on weights only",
+            "network3": "network3.py: first 50,000 train / 10,000 validation, pixels in [0, 1], never "
+                        "shuffled, softmax layer zero-initialised, L2 as weight decay "
+                        "lambda/num_training_batches on weights only",
+            "articles": "PyTorch articles: all 60,000 train, reshuffled every epoch, PyTorch default "
+                        "init, weight_decay on all parameters",
+            "tutorial": "PyTorch tutorial: all 60,000 train, reshuffled every epoch, pixels in [0, 1], "
+                        "PyTorch default init",
+        }[self.code]
+
+
+PROTOCOLS = {
+    p.code: p
+    for p in [
+        Protocol("network", "nielsen", "nielsen", "raw", True, False, "network", "weights", "images"),
+        Protocol("network2", "nielsen", "nielsen", "raw", True, False, "network2", "weights", "images"),
+        Protocol("network3", "nielsen", "nielsen", "raw", False, True, "network3", "weights", "batches",
+                 shuffle_expanded_once=True),
+        Protocol("articles", "pytorch", "official", "normalized", True, False, "pytorch", "all", "none"),
+        Protocol("tutorial", "pytorch", "official", "raw", True, False, "pytorch", "all", "none"),
+    ]
+}
+
+# The table's cost names -> the loss functions in train.py.
+COSTS = {
+    "quadratic": "quadratic",  # 0.5 * ||sigmoid(z) - y||^2, mean over the mini-batch
+    "cross-entropy": "binary_cross_entropy",  # network2.py: BCE summed over the 10 sigmoid outputs
+    "log-likelihood": "cross_entropy",  # network3.py: softmax + mean negative log-likelihood
+    "MSELoss on one-hot": "mse",  # nn.MSELoss: also averages over the 10 outputs
+    "CrossEntropyLoss": "cross_entropy",
+    "NLL on log_softmax": "cross_entropy",  # nll_loss(log_softmax(z)) is cross_entropy(z)
+}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    id: str
+    kind: str  # "network", "ensemble" (vote of trained runs) or "baseline" (no training loop)
+    source: str
+    published_accuracy: float | None  # percent; None where the source printed none
+    arch: Arch | None = None
+    protocol: Protocol | None = None
+    init: str | None = None
+    scaling: str | None = None
+    loss: str | None = None
+    lr: float | None = None
+    momentum: float = 0.0
+    batch_size: int | None = None
+    epochs: int | None = None
+    l2: float = 0.0  # in the source's own units: lambda (book) or weight_decay (torch)
+    expand: bool = False
+    train_subset: int | None = None  # first N images of the split (before expansion)
+    train_images: int | None = None  # as published, after expansion
+    selection: str | None = None  # "peak", "best_validation" or "final"
+    selection_split: str = "test"  # split whose accuracy "peak" maximises
+    members: str | None = None  # ensembles: the recipe whose runs vote
+    notes: str = ""
+
+    def weight_decay(self, n_train: int) -> float:
+        """The torch weight_decay equivalent of this recipe's L2 for n_train training images."""
+        divisor = {"images": n_train, "none": 1, "batches": n_train // self.batch_size}
+        return self.l2 / divisor[self.protocol.l2_divisor] if self.l2 else 0.0
+
+    def with_overrides(self, **changes) -> "Recipe":
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+# The structure the table describes in words, and the protocol that produced each number.
+_NIELSEN_CONV = dict(convs=(20, 40))
+_STRUCTURE: dict[str, tuple[str, Arch | None, dict]] = {
+    "nielsen_ch1_fc30": ("network", Arch(hidden=(30,)), {}),
+    "nielsen_ch1_fc100": ("network", Arch(hidden=(100,)), {}),
+    # "(N(0;1) init)" in the table: network2's large_weight_initializer.
+    "nielsen_ch3_overfit_1000": ("network2", Arch(hidden=(30,)), dict(init="network")),
+    "nielsen_ch3_overfit_1000_l2": ("network2", Arch(hidden=(30,)), dict(init="network")),
+    "nielsen_ch3_fc30_ce": ("network2", Arch(hidden=(30,)), dict(init="network")),
+    "nielsen_ch3_fc30_ce_l2": ("network2", Arch(hidden=(30,)), dict(init="network")),
+    "nielsen_ch3_fc100_ce_l2": ("network2", Arch(hidden=(100,)), dict(init="network")),
+    "nielsen_ch3_fc100_ce_l2_60ep": ("network2", Arch(hidden=(100,)), {}),
+    "nielsen_ch6_fc100": ("network3", Arch(hidden=(100,)), {}),
+    "nielsen_ch6_basic_conv": ("network3", Arch(convs=(20,), hidden=(100,)), {}),
+    "nielsen_ch6_dbl_conv": ("network3", Arch(**_NIELSEN_CONV, hidden=(100,)), {}),
+    "nielsen_ch6_dbl_conv_relu": ("network3", Arch(**_NIELSEN_CONV, hidden=(100,)), {}),
+    "nielsen_ch6_expanded": ("network3", Arch(**_NIELSEN_CONV, hidden=(100,)), {}),
+    "nielsen_ch6_expanded_fc300": ("network3", Arch(**_NIELSEN_CONV, hidden=(300,)), {}),
+    "nielsen_ch6_expanded_fc1000": ("network3", Arch(**_NIELSEN_CONV, hidden=(1000,)), {}),
+    "nielsen_ch6_double_fc100": ("network3", Arch(**_NIELSEN_CONV, hidden=(100, 100)), {}),
+    "nielsen_ch6_double_fc300": ("network3", Arch(**_NIELSEN_CONV, hidden=(300, 300)), {}),
+    "nielsen_ch6_double_fc1000": ("network3", Arch(**_NIELSEN_CONV, hidden=(1000, 1000)), {}),
+    # network3's dropout: on the inputs of fc1, fc2 and the softmax layer, no rescaling in training.
+    "nielsen_ch6_dropout": ("network3", Arch(**_NIELSEN_CONV, hidden=(1000, 1000), dropout=0.5), {}),
+    # The dense article shows only ToTensor(); the conv article's later version normalises.
+    "seed_dense_mse": ("articles", Arch(hidden=(100,)), dict(scaling="raw")),
+    "seed_simple_conv": ("articles", Arch(convs=(20,), hidden=(100,)), {}),
+    "seed_2conv": ("articles", Arch(**_NIELSEN_CONV, hidden=(100,)), {}),
+    "seed_relu_wd01": ("articles", Arch(**_NIELSEN_CONV, hidden=(100,)), {}),
+    "seed_relu": ("articles", Arch(**_NIELSEN_CONV, hidden=(100,)), {}),
+    "seed_relu_extended": ("articles", Arch(**_NIELSEN_CONV, hidden=(100,)), {}),
+    "seed_final": ("articles", Arch(**_NIELSEN_CONV, hidden=(1000, 1000), dropout=0.5,
+                                    dropout_style="inverted"), {}),
+    "seed_final_lr005": ("articles", Arch(**_NIELSEN_CONV, hidden=(1000, 1000), dropout=0.5,
+                                          dropout_style="inverted"), {}),
+    # Dropout2d(0.25) after the conv blocks; fc1 -> fc2 with no activation between.
+    "tutorial_cnn_nll": ("tutorial", Arch(convs=(10, 20), hidden=(100,), channel_dropout=0.25,
+                                          hidden_activation=False), {}),
+    # padding 2 keeps 28x28 -> 14 -> 7; dropout after fc1 and fc2 (on the inputs of fc2, fc3).
+    "tutorial_cnn_wide": ("tutorial", Arch(convs=(150, 64), conv_padding=2, hidden=(1024, 500),
+                                           dropout=0.5, dropout_style="inverted", dropout_from=1), {}),
+}
+_BASELINES = {"nielsen_ch1_darkness", "nielsen_ch1_svm"}
+_ENSEMBLES = {"nielsen_ch6_ensemble": "nielsen_ch6_dropout"}
+_SPLIT_SIZE = {"nielsen": 50_000, "official": 60_000}
+
+
+def published_table() -> list[dict[str, str]]:
+    """The rows of published_results.csv, as strings."""
+    text = resources.files("mnistbench").joinpath("published_results.csv").read_text()
+    return list(csv.DictReader(text.splitlines()))
+
+
+def _number(text: str) -> float:
+    """The first number in a cell such as 'weight_decay 5e-5' or '0.5 on inputs of fc1'."""
+    match = re.search(r"\d+(\.\d+)?(e-?\d+)?", text)
+    return float(match.group()) if match else 0.0
+
+
+def _selection(text: str) -> str:
+    for prefix, rule in [("peak", "peak"), ("test at best-validation", "best_validation"),
+                         ("final", "final")]:
+        if text.startswith(prefix):
+            return rule
+    raise ValueError(f"unknown selection rule {text!r}")
+
+
+def _recipe(row: dict[str, str]) -> Recipe:
+    common = dict(id=row["id"], source=row["source"],
+                  published_accuracy=float(row["published_accuracy_pct"]) if row["published_accuracy_pct"] else None)
+    if row["id"] in _BASELINES:
+        return Recipe(kind="baseline", selection="final", notes=row["network"], **common)
+    if row["id"] in _ENSEMBLES:
+        return Recipe(kind="ensemble", members=_ENSEMBLES[row["id"]], selection="final",
+                      notes=row["network"], **common)
+    code, arch, extra = _STRUCTURE[row["id"]]
+    protocol = PROTOCOLS[code]
+    arch = dataclasses.replace(arch, activation=row["activation"])
+    train_images = int(row["train_images"])
+    expand = train_images > _SPLIT_SIZE[protocol.split]
+    base_images = train_images // 5 if expand else train_images
+    return Recipe(
+        kind="network", arch=arch, protocol=protocol, init=extra.get("init", protocol.init),
+        scaling=extra.get("scaling", protocol.scaling), loss=COSTS[row["cost"]],
+        lr=float(row["lr"]), momentum=float(row["momentum"]), batch_size=int(row["mini_batch"]),
+        epochs=int(row["epochs"]), l2=_number(row["l2"]), expand=expand,
+        train_subset=base_images if base_images < _SPLIT_SIZE[protocol.split] else None,
+        train_images=train_images, selection=_selection(row["selection"]),
+        selection_split=row["reported_split"], notes=row["network"], **common)
+
+
+@cache
+def all_recipes() -> dict[str, Recipe]:
+    """Every recipe, one per published row, keyed by its id (the published row's id)."""
+    return {row["id"]: _recipe(row) for row in published_table()}
+
+
+class UnknownRecipe(KeyError):
+    def __str__(self) -> str:
+        return f"unknown recipe {self.args[0]!r}; valid recipes: {', '.join(all_recipes())}"
+
+
+def get_recipe(recipe_id: str) -> Recipe:
+    try:
+        return all_recipes()[recipe_id]
+    except KeyError:
+        raise UnknownRecipe(recipe_id) from None

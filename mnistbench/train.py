@@ -1,0 +1,326 @@
+"""The training engine: plain mini-batch SGD on tensors that live on the training device.
+
+One seed decides everything random in a run, through counters rather than generator state:
+the initial weights (models.create), the data order of epoch e (a permutation seeded by
+(seed, e)) and the dropout masks (a hash of the seed, the layer and the step). A run is
+therefore reproducible bit for bit on the CPU, resumable from any epoch's checkpoint, and
+identical whether it trains alone or stacked with other runs (batched.py).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from . import __version__
+from .data import Splits, make_splits
+from .models import advance_dropout, create, decayed_parameters
+from .recipes import Recipe
+
+EVAL_BATCH = 1000
+PROGRESS_EVERY_S = 15.0  # mid-epoch progress lines on long epochs
+
+
+class CheckpointError(Exception):
+    """A checkpoint that is truncated, unreadable, or belongs to another run."""
+
+
+# --- losses: the model outputs logits; each cost applies its own output activation ----------
+
+def _one_hot(y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return F.one_hot(y, 10).to(like.dtype)
+
+
+LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    # network.py: C = 0.5 * ||sigmoid(z) - y||^2 per image, averaged over the mini-batch.
+    "quadratic": lambda z, y: 0.5 * (torch.sigmoid(z) - _one_hot(y, z)).square().sum(1).mean(),
+    # nn.MSELoss on sigmoid outputs: the same cost divided by 5 (it also averages over 10 outputs).
+    "mse": lambda z, y: F.mse_loss(torch.sigmoid(z), _one_hot(y, z)),
+    # network2.py: -[y ln a + (1-y) ln(1-a)] summed over the 10 outputs, averaged over the batch.
+    "binary_cross_entropy": lambda z, y: F.binary_cross_entropy_with_logits(
+        z, _one_hot(y, z), reduction="sum") / len(y),
+    # network3.py's softmax + log-likelihood, nn.CrossEntropyLoss, and NLL on log_softmax.
+    "cross_entropy": F.cross_entropy,
+}
+
+
+@dataclass
+class RunConfig:
+    """Everything that decides a run's numbers, resolved from the recipe and the overrides."""
+
+    recipe: str
+    published_id: str
+    protocol: str
+    protocol_code: str
+    seed: int
+    lr: float
+    epochs: int
+    batch_size: int
+    momentum: float
+    l2: float
+    weight_decay: float
+    decay: str
+    loss: str
+    init: str
+    split: str
+    scaling: str
+    shuffle: bool
+    drop_last: bool
+    expand: bool
+    train_subset: int | None
+    train_images: int
+    selection: str
+    selection_split: str
+    device: str
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA device is available")
+    return torch.device(device)
+
+
+def load_data(recipe: Recipe, data_dir=None, device="cpu") -> Splits:
+    p = recipe.protocol
+    return make_splits(p.split, recipe.scaling, recipe.expand, recipe.train_subset,
+                       p.shuffle_expanded_once, data_dir).to(device)
+
+
+def resolve_config(recipe: Recipe, seed: int, data: Splits, device: torch.device) -> RunConfig:
+    n = len(data.train_x)
+    return RunConfig(
+        recipe=recipe.id, published_id=recipe.id, protocol=recipe.protocol.family,
+        protocol_code=recipe.protocol.code, seed=seed, lr=recipe.lr, epochs=recipe.epochs,
+        batch_size=recipe.batch_size, momentum=recipe.momentum, l2=recipe.l2,
+        weight_decay=recipe.weight_decay(n), decay=recipe.protocol.decay, loss=recipe.loss,
+        init=recipe.init, split=recipe.protocol.split, scaling=recipe.scaling,
+        shuffle=recipe.protocol.shuffle, drop_last=recipe.protocol.drop_last, expand=recipe.expand,
+        train_subset=recipe.train_subset, train_images=n, selection=recipe.selection,
+        selection_split=recipe.selection_split, device=str(device))
+
+
+def epoch_order(seed: int, epoch: int, n: int, shuffle: bool, device) -> torch.Tensor | None:
+    """The training-data order of one epoch (None: in stored order), a pure function of (seed, epoch)."""
+    if not shuffle:
+        return None
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=generator).to(device)
+
+
+def num_batches(n: int, batch_size: int, drop_last: bool) -> int:
+    return n // batch_size if drop_last else math.ceil(n / batch_size)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.SGD:
+    decayed, not_decayed = decayed_parameters(model, cfg.decay)
+    groups = [{"params": decayed, "weight_decay": cfg.weight_decay}]
+    if not_decayed:
+        groups.append({"params": not_decayed, "weight_decay": 0.0})
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    model.eval()
+    predictions = torch.cat([model(chunk).argmax(1) for chunk in x.split(EVAL_BATCH)])
+    model.train()
+    return predictions
+
+
+def accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> float:
+    return round(100.0 * (predictions == labels).double().mean().item(), 4)
+
+
+def select(history: list[dict], rule: str, split: str = "test") -> tuple[float | None, int | None]:
+    """The reported accuracy under a source's model-selection rule, and its epoch.
+
+    peak: the best per-epoch accuracy on `split`. best_validation (network3.py): the test
+    accuracy of the last epoch whose validation accuracy was >= every earlier one. final: the
+    test accuracy after the last epoch.
+    """
+    history = [h for h in history if h.get("test_accuracy") is not None]
+    if not history:
+        return None, None
+    if rule == "final":
+        chosen = history[-1]
+    elif rule == "peak":
+        chosen = max(history, key=lambda h: h[f"{split}_accuracy"])  # first of equal peaks
+        return chosen[f"{split}_accuracy"], chosen["epoch"]
+    elif rule == "best_validation":
+        best, chosen = -1.0, None
+        for h in history:
+            if h["val_accuracy"] >= best:
+                best, chosen = h["val_accuracy"], h
+    else:
+        raise ValueError(f"unknown selection rule {rule!r}")
+    return chosen["test_accuracy"], chosen["epoch"]
+
+
+def environment(device: torch.device) -> dict:
+    import torchvision
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {
+        "mnistbench": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+        "python": platform.python_version(), "platform": platform.platform(),
+        "host": socket.gethostname(), "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(), "git_commit": commit,
+    }
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through a temporary file in the same folder, then rename: never a half file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: Path, cfg: RunConfig) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location=cfg.device, weights_only=True)
+    except Exception as err:  # torch raises several types for truncated or foreign files
+        raise CheckpointError(f"checkpoint {path} is unreadable ({type(err).__name__}); delete it "
+                              f"to start the run afresh") from None
+    if not isinstance(state, dict) or state.get("config") != asdict(cfg):
+        raise CheckpointError(f"checkpoint {path} belongs to another run configuration; delete it "
+                              f"or choose another --out")
+    return state
+
+
+def train(recipe: Recipe, seed: int, *, device: str = "cpu", data: Splits | None = None,
+          data_dir=None, checkpoint: Path | None = None, log: Callable[[str], None] | None = None,
+          extra_state: dict | None = None) -> dict:
+    """Train one run of a recipe and return its result (the content of metrics.json).
+
+    checkpoint: a file to save after every epoch and to resume from if it exists.
+    extra_state: small JSON-able values stored in the checkpoint (the MLflow run id, say) and
+    returned under "extra_state" on resume.
+    """
+    device = resolve_device(device)
+    data = data if data is not None else load_data(recipe, data_dir, device)
+    cfg = resolve_config(recipe, seed, data, device)
+    model = create(recipe.arch, cfg.init, seed).to(device)
+    optimizer = make_optimizer(model, cfg)
+    loss_fn = LOSSES[cfg.loss]
+    history: list[dict] = []
+    train_seconds = eval_seconds = 0.0
+    extra_state = dict(extra_state or {})
+
+    test_predictions = None
+    state = load_checkpoint(checkpoint, cfg) if checkpoint else None
+    if state:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        history, train_seconds, eval_seconds = state["history"], state["train_seconds"], state["eval_seconds"]
+        extra_state = {**state.get("extra_state", {}), **extra_state}
+        test_predictions = state["test_predictions"]
+        if log:
+            log(f"resuming {cfg.recipe} seed {seed} after epoch {len(history)} from {checkpoint}")
+
+    n = len(data.train_x)
+    steps = num_batches(n, cfg.batch_size, cfg.drop_last)
+    status = "diverged" if history and history[-1].get("diverged") else "finished"
+    model.train()
+    for epoch in range(len(history) + 1, cfg.epochs + 1):
+        if status == "diverged":
+            break
+        started = time.perf_counter()
+        order = epoch_order(seed, epoch, n, cfg.shuffle, device)
+        loss_sum = torch.zeros((), device=device)
+        last_report = started
+        for step in range(steps):
+            lo, hi = step * cfg.batch_size, min((step + 1) * cfg.batch_size, n)
+            if order is None:
+                x, y = data.train_x[lo:hi], data.train_y[lo:hi]
+            else:
+                index = order[lo:hi]
+                x, y = data.train_x.index_select(0, index), data.train_y.index_select(0, index)
+            loss = loss_fn(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            advance_dropout(model)
+            loss_sum += loss.detach()
+            if log and step % 1000 == 999 and time.perf_counter() - last_report > PROGRESS_EVERY_S:
+                last_report = time.perf_counter()
+                rate = (step + 1) * cfg.batch_size / (last_report - started)
+                log(f"  epoch {epoch}/{cfg.epochs} step {step + 1}/{steps} "
+                    f"loss {loss_sum.item() / (step + 1):.4f} {rate:,.0f} img/s")
+        train_loss = loss_sum.item() / steps
+        epoch_train_s = time.perf_counter() - started
+        train_seconds += epoch_train_s
+        t_eval = time.perf_counter()
+        entry = {"epoch": epoch, "train_loss": train_loss}
+        if not math.isfinite(train_loss):
+            status, test_predictions = "diverged", None
+            entry.update(val_accuracy=None, test_accuracy=None, diverged=True)
+        else:
+            if data.val_x is not None:
+                entry["val_accuracy"] = accuracy(predict(model, data.val_x), data.val_y)
+            test_predictions = predict(model, data.test_x)
+            entry["test_accuracy"] = accuracy(test_predictions, data.test_y)
+        eval_seconds += time.perf_counter() - t_eval
+        entry["train_seconds"] = round(epoch_train_s, 3)
+        entry["images_per_second"] = round(steps * cfg.batch_size / epoch_train_s, 1)
+        history.append(entry)
+        if log:
+            val = f" val {entry['val_accuracy']:.2f}%" if entry.get("val_accuracy") is not None else ""
+            test = f" test {entry['test_accuracy']:.2f}%" if entry.get("test_accuracy") is not None else ""
+            log(f"{cfg.recipe} seed {seed} epoch {epoch}/{cfg.epochs} loss {train_loss:.4f}{val}{test} "
+                f"{entry['images_per_second']:,.0f} img/s" + (" DIVERGED" if status == "diverged" else ""))
+        if checkpoint:
+            payload = {"config": asdict(cfg), "model": model.state_dict(),
+                       "optimizer": optimizer.state_dict(), "history": history,
+                       "train_seconds": train_seconds, "eval_seconds": eval_seconds,
+                       "extra_state": extra_state,
+                       "test_predictions": None if test_predictions is None else test_predictions.cpu()}
+            atomic_write(checkpoint, lambda tmp: torch.save(payload, tmp))
+
+    selected, selected_epoch = select(history, cfg.selection, cfg.selection_split)
+    finite = [h for h in history if h.get("test_accuracy") is not None]
+    trained_images = len(history) * steps * cfg.batch_size
+    return {
+        "schema": 1,
+        "recipe": cfg.recipe, "published_id": cfg.published_id, "protocol": cfg.protocol,
+        "seed": seed, "lr": cfg.lr, "status": status,
+        "published_accuracy": recipe.published_accuracy,
+        "selected_accuracy": selected, "selected_epoch": selected_epoch,
+        "final_test_accuracy": finite[-1]["test_accuracy"] if finite else None,
+        "final_val_accuracy": finite[-1].get("val_accuracy") if finite else None,
+        "config": asdict(cfg), "history": history,
+        "train_seconds": round(train_seconds, 3), "eval_seconds": round(eval_seconds, 3),
+        "images_per_second": round(trained_images / train_seconds, 1) if train_seconds else None,
+        "test_predictions": None if test_predictions is None
+        else "".join(map(str, test_predictions.tolist())),
+        "final_model": model.state_dict(),
+        "extra_state": extra_state,
+        "environment": environment(device),
+        "command": " ".join(sys.argv),
+    }
