@@ -216,12 +216,14 @@ def load_checkpoint(path: Path, cfg: RunConfig) -> dict | None:
 
 def train(recipe: Recipe, seed: int, *, device: str = "cpu", data: Splits | None = None,
           data_dir=None, checkpoint: Path | None = None, log: Callable[[str], None] | None = None,
-          extra_state: dict | None = None) -> dict:
+          extra_state: dict | None = None, on_epoch: Callable[[dict], None] | None = None) -> dict:
     """Train one run of a recipe and return its result (the content of metrics.json).
 
     checkpoint: a file to save after every epoch and to resume from if it exists.
     extra_state: small JSON-able values stored in the checkpoint (the MLflow run id, say) and
     returned under "extra_state" on resume.
+    on_epoch: called with each epoch's history entry (live tracking hooks in here; the core
+    itself knows nothing of MLflow).
     """
     device = resolve_device(device)
     data = data if data is not None else load_data(recipe, data_dir, device)
@@ -290,6 +292,8 @@ def train(recipe: Recipe, seed: int, *, device: str = "cpu", data: Splits | None
         entry["train_seconds"] = round(epoch_train_s, 3)
         entry["images_per_second"] = round(steps * cfg.batch_size / epoch_train_s, 1)
         history.append(entry)
+        if on_epoch:
+            on_epoch(entry)
         if log:
             val = f" val {entry['val_accuracy']:.2f}%" if entry.get("val_accuracy") is not None else ""
             test = f" test {entry['test_accuracy']:.2f}%" if entry.get("test_accuracy") is not None else ""
