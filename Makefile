@@ -1,0 +1,31 @@
+# The two quick-start commands: `make run` (the quick study end to end) and `make test`.
+# Both first build .venv from the pinned lock (once; again when the lock changes).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CORES ?= 4
+STUDY ?= quick
+# Offline machines: a folder with the four MNIST .gz files is copied instead of downloading
+# (CI and this project's sandboxes keep one next to the checkout).
+MNISTBENCH_MNIST_MIRROR ?= $(abspath $(wildcard ../shared/data/mnist/MNIST/raw))
+export MNISTBENCH_MNIST_MIRROR
+
+.PHONY: setup run test clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+run: setup
+	$(BIN)/snakemake --cores $(CORES) all --config study=$(STUDY)
+
+test: setup
+	$(BIN)/python -m pytest -ra
+
+clean:
+	rm -rf results reports logs .snakemake

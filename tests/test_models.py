@@ -1,0 +1,116 @@
+import math
+
+import pytest
+import torch
+
+from mnistbench.models import Arch, Dropout, _hash32, build, create
+from mnistbench.recipes import all_recipes
+
+
+def dense(*sizes):
+    return sum(n_in * n_out + n_out for n_in, n_out in zip(sizes[:-1], sizes[1:]))
+
+
+def conv(c_in, c_out, k=5):
+    return c_in * c_out * k * k + c_out
+
+
+# Parameter counts written out from the book's and the articles' layer sizes.
+EXPECTED_PARAMETERS = {
+    "nielsen_ch1_fc30": dense(784, 30, 10),
+    "nielsen_ch1_fc100": dense(784, 100, 10),
+    "nielsen_ch3_overfit_1000": dense(784, 30, 10),
+    "nielsen_ch3_fc100_ce_l2_60ep": dense(784, 100, 10),
+    "nielsen_ch6_fc100": dense(784, 100, 10),
+    "nielsen_ch6_basic_conv": conv(1, 20) + dense(20 * 12 * 12, 100, 10),
+    "nielsen_ch6_dbl_conv": conv(1, 20) + conv(20, 40) + dense(40 * 4 * 4, 100, 10),
+    "nielsen_ch6_expanded_fc300": conv(1, 20) + conv(20, 40) + dense(640, 300, 10),
+    "nielsen_ch6_expanded_fc1000": conv(1, 20) + conv(20, 40) + dense(640, 1000, 10),
+    "nielsen_ch6_double_fc100": conv(1, 20) + conv(20, 40) + dense(640, 100, 100, 10),
+    "nielsen_ch6_double_fc300": conv(1, 20) + conv(20, 40) + dense(640, 300, 300, 10),
+    "nielsen_ch6_double_fc1000": conv(1, 20) + conv(20, 40) + dense(640, 1000, 1000, 10),
+    "nielsen_ch6_dropout": conv(1, 20) + conv(20, 40) + dense(640, 1000, 1000, 10),
+    "seed_dense_mse": dense(784, 100, 10),
+    "seed_simple_conv": conv(1, 20) + dense(2880, 100, 10),
+    "seed_final": conv(1, 20) + conv(20, 40) + dense(640, 1000, 1000, 10),
+    "tutorial_cnn_nll": conv(1, 10) + conv(10, 20) + dense(320, 100, 10),
+    "tutorial_cnn_wide": conv(1, 150) + conv(150, 64) + dense(64 * 7 * 7, 1024, 500, 10),
+}
+
+
+@pytest.mark.parametrize("recipe_id", sorted(EXPECTED_PARAMETERS))
+def test_parameter_counts_match_the_published_layer_sizes(recipe_id):
+    model = build(all_recipes()[recipe_id].arch)
+    assert sum(p.numel() for p in model.parameters()) == EXPECTED_PARAMETERS[recipe_id]
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_every_network_recipe_builds():
+    for recipe in all_recipes().values():
+        if recipe.kind == "network":
+            assert create(recipe.arch, recipe.init, seed=0)(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
+
+
+def test_network3_init_follows_the_book():
+    model = create(Arch(convs=(20, 40), hidden=(1000,), activation="relu"), "network3", seed=3)
+    conv1, conv2 = model[0], model[3]
+    fc, softmax = model[7], model[9]
+    assert torch.all(softmax.weight == 0) and torch.all(softmax.bias == 0)
+    assert conv2.weight.std().item() == pytest.approx(math.sqrt(1 / (40 * 25 / 4)), rel=0.05)
+    assert fc.weight.std().item() == pytest.approx(math.sqrt(1 / 1000), rel=0.05)  # sic: n_out
+    assert fc.bias.std().item() == pytest.approx(1.0, rel=0.1)
+    assert conv1.bias.shape == (20,)
+
+
+def test_network_and_network2_inits():
+    big = create(Arch(hidden=(100,)), "network", seed=1)
+    assert big[1].weight.std().item() == pytest.approx(1.0, rel=0.05)
+    scaled = create(Arch(hidden=(100,)), "network2", seed=1)
+    assert scaled[1].weight.std().item() == pytest.approx(1 / math.sqrt(784), rel=0.05)
+    assert scaled[1].bias.std().item() == pytest.approx(1.0, rel=0.2)
+
+
+def test_the_seed_alone_decides_the_weights():
+    arch = Arch(convs=(20,), hidden=(100,))
+    a, b, c = (create(arch, "pytorch", s).state_dict() for s in (7, 7, 8))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["0.weight"], c["0.weight"])
+
+
+def test_hash_matches_the_reference_integer_arithmetic():
+    def lowbias32(x):
+        x &= 0xFFFFFFFF
+        x ^= x >> 16
+        x = (x * 0x7FEB352D) & 0xFFFFFFFF
+        x ^= x >> 15
+        x = (x * 0x846CA68B) & 0xFFFFFFFF
+        return x ^ (x >> 16)
+
+    values = [0, 1, 2, 12345, 2**31 - 1, 2**32 - 1, 2**40 + 17]
+    assert _hash32(torch.tensor(values)).tolist() == [lowbias32(v) for v in values]
+
+
+def test_nielsen_dropout_drops_inputs_and_scales_at_test_time():
+    layer = Dropout(0.5, "nielsen")
+    layer.rng[0] = 99
+    x = torch.ones(200, 1000)
+    first = layer(x)
+    assert set(first.unique().tolist()) == {0.0, 1.0}  # no rescaling in training
+    assert first.mean().item() == pytest.approx(0.5, abs=0.01)
+    assert torch.equal(layer(x), first)  # same (stream, step): same mask
+    layer.rng[1] += 1
+    second = layer(x)
+    assert not torch.equal(second, first)
+    assert (first * second).mean().item() == pytest.approx(0.25, abs=0.01)  # independent masks
+    layer.eval()
+    assert torch.equal(layer(x), x * 0.5)
+
+
+def test_inverted_and_channel_dropout():
+    inverted = Dropout(0.25, "inverted")
+    out = inverted(torch.ones(100, 400))
+    assert out.unique().tolist() == [0.0, pytest.approx(1 / 0.75)]
+    channel = Dropout(0.5, "inverted", mask_dims=(0, 1))
+    out = channel(torch.ones(50, 20, 4, 4))
+    per_channel = out.flatten(2)
+    assert torch.all(per_channel.min(2).values == per_channel.max(2).values)  # whole channels

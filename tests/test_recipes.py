@@ -1,0 +1,75 @@
+import csv
+from pathlib import Path
+
+import pytest
+
+from mnistbench.recipes import UnknownRecipe, all_recipes, get_recipe, published_table
+
+SHARED_TABLE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "published_results.csv"
+
+
+def test_one_recipe_per_published_row():
+    ids = [row["id"] for row in published_table()]
+    assert list(all_recipes()) == ids and len(ids) == len(set(ids)) == 32
+
+
+def test_packaged_table_is_the_reference_table():
+    if not SHARED_TABLE.exists():
+        pytest.skip("the shared reference table is not next to this checkout")
+    assert list(csv.DictReader(SHARED_TABLE.open())) == published_table()
+
+
+def test_published_numbers_and_hyperparameters_come_from_the_table():
+    for row in published_table():
+        recipe = get_recipe(row["id"])
+        expected = float(row["published_accuracy_pct"]) if row["published_accuracy_pct"] else None
+        assert recipe.published_accuracy == expected
+        if recipe.kind != "network":
+            continue
+        assert recipe.lr == float(row["lr"]) and recipe.momentum == float(row["momentum"])
+        assert (recipe.batch_size, recipe.epochs) == (int(row["mini_batch"]), int(row["epochs"]))
+        assert recipe.arch.activation == row["activation"]
+        # the structure written in Python agrees with the table's words
+        for width in recipe.arch.hidden:
+            assert str(width) in row["network"]
+        if recipe.arch.dropout:
+            assert str(recipe.arch.dropout) in row["dropout"]
+        # the training set the recipe builds has the published number of images
+        split_size = 50_000 if recipe.protocol.split == "nielsen" else 60_000
+        images = (recipe.train_subset or split_size) * (5 if recipe.expand else 1)
+        assert images == int(row["train_images"]), recipe.id
+
+
+@pytest.mark.parametrize("recipe_id,n_train,weight_decay", [
+    ("nielsen_ch3_overfit_1000_l2", 1_000, 0.1 / 1_000),  # network2: lambda / n
+    ("nielsen_ch3_fc30_ce_l2", 50_000, 5.0 / 50_000),
+    ("nielsen_ch6_dbl_conv_relu", 50_000, 0.1 / 5_000),  # network3: lambda / num_training_batches
+    ("nielsen_ch6_expanded", 250_000, 0.1 / 25_000),
+    ("seed_relu_wd01", 60_000, 0.1),  # torch weight_decay as written
+    ("seed_relu", 60_000, 5e-5),
+    ("nielsen_ch6_dropout", 250_000, 0.0),
+])
+def test_l2_becomes_the_right_weight_decay(recipe_id, n_train, weight_decay):
+    assert get_recipe(recipe_id).weight_decay(n_train) == pytest.approx(weight_decay)
+
+
+def test_protocols_follow_protocols_md():
+    ch6 = get_recipe("nielsen_ch6_basic_conv")
+    assert (ch6.protocol.split, ch6.protocol.shuffle, ch6.init, ch6.protocol.decay) == (
+        "nielsen", False, "network3", "weights")
+    assert ch6.selection == "best_validation"
+    assert get_recipe("nielsen_ch1_fc30").protocol.shuffle and get_recipe("nielsen_ch1_fc30").init == "network"
+    assert get_recipe("nielsen_ch3_fc30_ce").init == "network"  # "(N(0;1) init)"
+    assert get_recipe("nielsen_ch3_fc100_ce_l2_60ep").init == "network2"
+    assert get_recipe("nielsen_ch3_fc100_ce_l2").selection_split == "validation"
+    seed = get_recipe("seed_relu")
+    assert (seed.protocol.split, seed.scaling, seed.init, seed.protocol.decay, seed.selection) == (
+        "official", "normalized", "pytorch", "all", "final")
+    assert get_recipe("tutorial_cnn_nll").published_accuracy is None
+    assert get_recipe("nielsen_ch6_ensemble").members == "nielsen_ch6_dropout"
+
+
+def test_unknown_recipe_lists_the_valid_ones():
+    with pytest.raises(UnknownRecipe) as err:
+        get_recipe("nielsen_ch6_nope")
+    assert "nielsen_ch6_basic_conv" in str(err.value) and "seed_final" in str(err.value)
