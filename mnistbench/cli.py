@@ -7,6 +7,7 @@ and without leaving a metrics.json that could be mistaken for a finished run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -58,6 +59,12 @@ def _positive(kind):
     return parse
 
 
+def _lr_label(text: str) -> str:
+    """A learning rate, kept as written: it names the run folder ({lr} in --out-pattern)."""
+    _positive(float)(text)
+    return text
+
+
 def _check_writable(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -95,13 +102,9 @@ def cmd_train(args) -> None:
     import torch
 
     from .data import DataError
-    from .recipes import UnknownRecipe, get_recipe
     from .train import CheckpointError, train
 
-    try:
-        recipe = get_recipe(args.recipe)
-    except UnknownRecipe as err:
-        raise UsageError(str(err)) from None
+    recipe = _recipe(args)
     if recipe.kind == "ensemble":
         raise UsageError(f"{recipe.id} is a vote of trained {recipe.members} runs: train those, "
                          f"then use 'mnistbench ensemble'")
@@ -111,22 +114,153 @@ def cmd_train(args) -> None:
         torch.set_num_threads(args.threads)
     quiet_log = None if args.quiet else log
     started = time.time()
+    tracker = None
     try:
         if recipe.kind == "baseline":
+            tracker = _start_tracking(args, recipe, out)
             result = _run_baseline(recipe, args)
         else:
             recipe = recipe.with_overrides(lr=args.lr, epochs=args.epochs, train_subset=args.train_subset)
+            tracker = _start_tracking(args, recipe, out)
             if quiet_log:
                 quiet_log(f"training {recipe.id} seed {args.seed} for {recipe.epochs} epochs, lr {recipe.lr:g}")
             result = train(recipe, args.seed, device=args.device, data_dir=args.data_dir,
-                           checkpoint=None if args.no_checkpoint else out / "checkpoint.pt", log=quiet_log)
+                           checkpoint=None if args.no_checkpoint else out / "checkpoint.pt", log=quiet_log,
+                           extra_state={"mlflow_run_id": tracker.run_id} if tracker and tracker.run_id else None,
+                           on_epoch=tracker.log_epoch if tracker else None)
     except (DataError, CheckpointError, ValueError) as err:
+        if tracker:
+            tracker.abort("FAILED")
         raise UsageError(str(err)) from None
+    except BaseException as err:
+        if tracker:
+            tracker.abort("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
     result["wall_seconds"] = round(time.time() - started, 3)
+    _label_run(result, args, tracker)
     _write_run(out, result)
+    _finish_tracking(tracker, result, out)
     if not args.quiet:
         log(f"{result['status']}: selected accuracy {result['selected_accuracy']}% "
             f"(published {recipe.published_accuracy}%) -> {out / 'metrics.json'}")
+
+
+def cmd_train_batch(args) -> None:
+    """Train seeds x learning rates of one recipe together (batched.py); one run folder each."""
+    import torch
+
+    from .batched import train_batch
+    from .data import DataError
+
+    recipe = _recipe(args)
+    if recipe.kind != "network":
+        raise UsageError(f"{recipe.id} is a {recipe.kind}, not a network to train: use 'mnistbench "
+                         f"{'ensemble' if recipe.kind == 'ensemble' else 'train'}'")
+    if len(set(args.seeds)) < len(args.seeds):
+        raise UsageError(f"--seeds repeats a seed: {' '.join(map(str, args.seeds))}")
+    lrs = args.lrs or [f"{recipe.lr:g}"]  # the labels go into the paths verbatim, as the workflow spells them
+    if len({float(lr) for lr in lrs}) < len(lrs):
+        raise UsageError(f"--lrs repeats a learning rate: {' '.join(lrs)}")
+    for field, values in (("{seed}", args.seeds), ("{lr}", lrs)):
+        if len(values) > 1 and field not in args.out_pattern:
+            raise UsageError(f"--out-pattern must contain {field}: the runs would share a folder")
+    base = recipe.with_overrides(epochs=args.epochs, train_subset=args.train_subset)
+    runs, outs = [], []
+    for lr in lrs:
+        for seed in args.seeds:
+            runs.append((base.with_overrides(lr=float(lr)), seed))
+            try:
+                outs.append(Path(args.out_pattern.format(recipe=recipe.id, lr=lr, seed=seed)))
+            except (KeyError, IndexError, ValueError) as err:
+                raise UsageError(f"--out-pattern {args.out_pattern!r}: only {{recipe}}, {{lr}} and "
+                                 f"{{seed}} can be filled in ({type(err).__name__}: {err})") from None
+    for out in outs:
+        _check_writable(out)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run_args = [argparse.Namespace(**{**vars(args), "seed": seed, "no_checkpoint": True}) for _, seed in runs]
+    started = time.time()
+    trackers = []
+    try:
+        trackers = [_start_tracking(a, r, out) for a, (r, _), out in zip(run_args, runs, outs)]
+        on_epoch = (lambda i, entry: trackers[i].log_epoch(entry)) if args.mlflow else None
+        results = train_batch(runs, device=args.device, data_dir=args.data_dir,
+                              log=None if args.quiet else log, on_epoch=on_epoch,
+                              graphs=False if args.no_cuda_graphs else None)
+    except (DataError, ValueError) as err:
+        for tracker in filter(None, trackers):
+            tracker.abort("FAILED")
+        raise UsageError(str(err)) from None
+    except BaseException as err:
+        for tracker in filter(None, trackers):
+            tracker.abort("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
+    wall_seconds = round(time.time() - started, 3)
+    for result, a, tracker, out in zip(results, run_args, trackers, outs):
+        result["wall_seconds"] = wall_seconds  # of the whole batch: the runs shared it
+        _label_run(result, a, tracker)
+        _write_run(out, result)
+        _finish_tracking(tracker, result, out)
+        if not args.quiet:
+            log(f"{result['status']}: lr {result['lr']:g} seed {result['seed']} selected accuracy "
+                f"{result['selected_accuracy']}% (published {recipe.published_accuracy}%) -> {out / 'metrics.json'}")
+
+
+def _recipe(args):
+    """The recipe of --recipe, after the checks every command that runs one shares."""
+    from .recipes import UnknownRecipe, get_recipe
+
+
+    try:
+        recipe = get_recipe(args.recipe)
+    except UnknownRecipe as err:
+        raise UsageError(str(err)) from None
+    if args.mlflow and not args.study:
+        raise UsageError("--mlflow needs --study NAME (the MLflow experiment is mnistbench/NAME)")
+    return recipe
+
+
+def _label_run(result: dict, args, tracker=None) -> None:
+    """The study a run belongs to, whether it is only a pipeline check, and its MLflow run."""
+    if tracker and tracker.run_id:
+        result["extra_state"] = {**(result.get("extra_state") or {}), "mlflow_run_id": tracker.run_id}
+    if args.study:
+        result["study"] = args.study
+    if args.pipeline_check:
+        result["pipeline_check"] = True
+
+
+def _start_tracking(args, recipe, out: Path):
+    """Open the run's MLflow run (--mlflow); resumed runs continue the MLflow run of their checkpoint."""
+    if not args.mlflow:
+        return None
+    from .tracking import RunTracker, checkpoint_run_id, run_key
+
+    lr = recipe.lr if recipe.kind == "network" else None
+    tracker = RunTracker(args.study, run_key(args.study, recipe.id, lr, seed=args.seed))
+    params = {"study": args.study, "recipe": recipe.id, "seed": args.seed, "lr": lr}
+    if recipe.kind == "network":
+        params.update(epochs=recipe.epochs, batch_size=recipe.batch_size, momentum=recipe.momentum,
+                      l2=recipe.l2, loss=recipe.loss, init=recipe.init, scaling=recipe.scaling,
+                      expand=recipe.expand, train_subset=recipe.train_subset,
+                      selection=recipe.selection, selection_split=recipe.selection_split,
+                      protocol_code=recipe.protocol.code, arch=dataclasses.asdict(recipe.arch))
+    tags = {"recipe": recipe.id, "published_id": recipe.id, "seed": args.seed,
+            "learning_rate": "none" if lr is None else f"{lr:g}",
+            "protocol": recipe.protocol.family if recipe.protocol else "nielsen",
+            "pipeline_check": bool(args.pipeline_check), "device": args.device}
+    resume = None if args.no_checkpoint else checkpoint_run_id(out / "checkpoint.pt")
+    tracker.start(params, tags, resume_run_id=resume)
+    return tracker
+
+
+def _finish_tracking(tracker, result: dict, out: Path) -> None:
+    """Log the written result to MLflow; if that fails, metrics.json records why (and stays)."""
+    if tracker is None:
+        return
+    if not tracker.finish(result, out):
+        result["mlflow_error"] = tracker.error or "MLflow run was not started"
+        write_json(out / "metrics.json", result)
 
 
 def _run_baseline(recipe, args) -> dict:
@@ -163,7 +297,130 @@ def _write_run(out: Path, result: dict) -> None:
     (out / "checkpoint.pt").unlink(missing_ok=True)
 
 
-COMMANDS = {"recipes": cmd_recipes, "train": cmd_train}
+def cmd_download(args) -> None:
+    from .data import DataError, load_mnist, resolve_data_dir
+
+    try:
+        train_x, _, test_x, _ = load_mnist(args.data_dir, download=True)
+    except DataError as err:
+        raise UsageError(str(err)) from None
+    raw = resolve_data_dir(args.data_dir) / "MNIST" / "raw"
+    log(f"MNIST ready in {raw}: {len(train_x):,} training and {len(test_x):,} test images, md5 checked")
+
+
+def cmd_ensemble(args) -> None:
+    from .data import DataError, load_mnist
+    from .ensemble import vote
+    from .train import environment, resolve_device
+
+    recipe = _recipe(args)
+    if recipe.kind != "ensemble":
+        raise UsageError(f"{recipe.id} is not an ensemble recipe (try nielsen_ch6_ensemble)")
+    members = []
+    for path in args.members:
+        try:
+            metrics = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as err:
+            raise UsageError(f"cannot read member run {path}: {err}") from None
+        if metrics.get("recipe") != recipe.members:
+            raise UsageError(f"{path} is a {metrics.get('recipe')} run; {recipe.id} votes "
+                             f"{recipe.members} runs")
+        members.append((path, metrics))
+    if len({m.get("lr") for _, m in members}) > 1:
+        raise UsageError("the member runs of one ensemble must share a learning rate")
+    try:
+        test_labels = load_mnist(args.data_dir)[3]
+    except DataError as err:
+        raise UsageError(str(err)) from None
+    out = Path(args.out)
+    _check_writable(out)
+    started = time.time()
+    result = vote(recipe, members, args.group, test_labels)
+    result["environment"] = environment(resolve_device("cpu"))
+    result["command"] = " ".join(sys.argv)
+    result["wall_seconds"] = round(time.time() - started, 3)
+    tracker = None
+    if args.mlflow:
+        from .tracking import RunTracker, run_key
+
+        tracker = RunTracker(args.study, run_key(args.study, recipe.id, result["lr"], group=args.group))
+        tracker.start({"study": args.study, "recipe": recipe.id, "group": args.group, "lr": result["lr"]},
+                      {"recipe": recipe.id, "published_id": recipe.id})
+    _label_run(result, args, tracker)
+    write_json(out / "metrics.json", result)
+    _finish_tracking(tracker, result, out)
+    log(f"{recipe.id} group {args.group}: {result['note']}: "
+        + (f"{result['selected_accuracy']}%" if result["status"] == "finished" else result["status"])
+        + f" (published {recipe.published_accuracy}%) -> {out / 'metrics.json'}")
+
+
+def cmd_aggregate(args) -> None:
+    from .aggregate import collect_runs, find_run_files, write_tables
+
+    study_dir = Path(args.study_dir)
+    paths = [Path(p) for p in args.runs] or find_run_files(study_dir)
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise UsageError(f"no such metrics.json: {', '.join(missing[:3])}")
+    if not paths:
+        raise UsageError(f"no runs found: {study_dir}/runs/**/metrics.json")
+    try:
+        runs = collect_runs(paths, pipeline_check=args.pipeline_check)
+    except (ValueError, KeyError) as err:
+        raise UsageError(f"cannot read the runs of {study_dir}: {err}") from None
+    _check_writable(study_dir)
+    summary = write_tables(runs, study_dir)
+    log(f"{len(runs)} runs -> {study_dir / 'runs.csv'}, {study_dir / 'runs.parquet'}; "
+        f"{len(summary)} recipe x lr rows -> {study_dir / 'summary.csv'}")
+    if runs["pipeline_check"].any():
+        log("note: this study is a pipeline check (tiny subset, few epochs), not a replication")
+    unlogged = runs["mlflow_error"].notna().sum()
+    if unlogged:
+        log(f"warning: {unlogged} runs were not logged to MLflow (column mlflow_error); "
+            f"replay them with 'mnistbench mlflow-sync {study_dir}'")
+    columns = ["recipe", "lr", "runs", "finished", "diverged", "mean", "ci95_low", "ci95_high",
+               "published_accuracy", "diff_pp"]
+    print(summary[columns].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+
+
+def cmd_mlflow_sync(args) -> None:
+    from .tracking import find_metrics, sync
+
+    missing = [p for p in args.paths if not Path(p).exists()]
+    if missing:
+        raise UsageError(f"no such file or folder: {', '.join(missing)}")
+    paths = find_metrics(args.paths)
+    try:
+        import mlflow
+    except ImportError:
+        raise UsageError("mlflow-sync needs MLflow: pip install mlflow") from None
+    log(f"syncing {len(paths)} metrics.json files into MLflow at {mlflow.get_tracking_uri()}")
+    counts = sync(paths, write_json, dry_run=args.dry_run, log=log)
+    log(", ".join(f"{n} {what}" for what, n in counts.items()))
+    if counts["failed"]:
+        raise UsageError(f"{counts['failed']} runs could not be logged to MLflow (see above)")
+
+
+def cmd_report(args) -> None:
+    from .report import ReportError, build_report, study_config
+
+    study_dir = Path(args.study_dir)
+    if not study_dir.is_dir():
+        raise UsageError(f"no such study folder: {study_dir}")
+    out = Path(args.out) if args.out else Path("reports") / study_dir.name
+    try:
+        config = study_config(study_dir.name, args.config, args.study_config)
+        _check_writable(out)
+        html = build_report(study_dir, out, config)
+    except ReportError as err:
+        raise UsageError(str(err)) from None
+    log(f"report of study {study_dir.name}: figures in {out}, the page is")
+    print(html.resolve())
+
+
+COMMANDS = {"recipes": cmd_recipes, "train": cmd_train, "train-batch": cmd_train_batch, "download": cmd_download,
+            "ensemble": cmd_ensemble, "aggregate": cmd_aggregate, "mlflow-sync": cmd_mlflow_sync,
+            "report": cmd_report}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -190,7 +447,73 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder for metrics.json, model.pt, checkpoint.pt")
     p.add_argument("--no-checkpoint", action="store_true", help="do not save or resume checkpoints")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    _tracking_options(p)
+
+    p = sub.add_parser("train-batch", help="train seeds x learning rates of one recipe together, as "
+                       "one stacked model (fast on a GPU); one run folder each, as 'train' writes")
+    p.add_argument("--recipe", required=True, help="recipe id (see 'mnistbench recipes')")
+    p.add_argument("--seeds", type=int, nargs="+", required=True, metavar="SEED", help="one run per seed...")
+    p.add_argument("--lrs", type=_lr_label, nargs="+", metavar="LR",
+                   help="...and per learning rate (default: the recipe's)")
+    p.add_argument("--out-pattern", required=True, metavar="PATTERN",
+                   help="run folder of each run, with {recipe}, {lr} and {seed} filled in, e.g. "
+                        "'results/x/runs/{recipe}/lr={lr}/seed={seed}'")
+    p.add_argument("--epochs", type=_positive(int), help="epochs (default: the recipe's)")
+    p.add_argument("--train-subset", type=_positive(int), metavar="N",
+                   help="train on the first N images of the split (before expansion)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--data-dir", help="MNIST root (default: $MNISTBENCH_DATA_DIR or ./data)")
+    p.add_argument("--threads", type=_positive(int), help="CPU threads for torch")
+    p.add_argument("--no-cuda-graphs", action="store_true",
+                   help="on a GPU, launch every kernel instead of replaying a captured step")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    _tracking_options(p)
+
+    p = sub.add_parser("download", help="fetch MNIST once (or copy it from $MNISTBENCH_MNIST_MIRROR) "
+                       "and check its md5 sums")
+    p.add_argument("--data-dir", help="MNIST root (default: $MNISTBENCH_DATA_DIR or ./data)")
+
+    p = sub.add_parser("ensemble", help="plurality vote of trained runs' test predictions "
+                       "(nielsen_ch6_ensemble) -> DIR/metrics.json")
+    p.add_argument("members", nargs="+", metavar="METRICS_JSON", help="the member runs' metrics.json")
+    p.add_argument("--recipe", default="nielsen_ch6_ensemble", help="the ensemble recipe")
+    p.add_argument("--group", type=_positive(int), default=1, help="group number within the study")
+    p.add_argument("--data-dir", help="MNIST root (default: $MNISTBENCH_DATA_DIR or ./data)")
+    p.add_argument("--out", required=True, help="folder for metrics.json")
+    _tracking_options(p)
+
+    p = sub.add_parser("aggregate", help="tables of a study: runs.csv, runs.parquet, summary.csv")
+    p.add_argument("study_dir", help="results/<study>: the tables are written here")
+    p.add_argument("runs", nargs="*", metavar="METRICS_JSON",
+                   help="the runs to include (default: every metrics.json below STUDY_DIR/runs)")
+    p.add_argument("--pipeline-check", action="store_true",
+                   help="mark every row as a pipeline check, not a replication")
+
+    p = sub.add_parser("report", help="the replication report of a study: OUT/index.html (self-"
+                       "contained) and its figures as PNG and SVG")
+    p.add_argument("--study-dir", required=True, help="results/<study>, with runs.csv and summary.csv")
+    p.add_argument("--out", help="folder for index.html and the figures (default: reports/<study>)")
+    p.add_argument("--config", default="config/config.yaml",
+                   help="workflow config whose studies.<study> entry the report shows "
+                        "(default: config/config.yaml, if it exists)")
+    p.add_argument("--study-config", metavar="JSON",
+                   help="the study's configuration as a JSON object (the workflow passes its own)")
+
+    p = sub.add_parser("mlflow-sync", help="replay metrics.json files into MLflow (idempotent: "
+                       "only runs missing, unfinished or different there)")
+    p.add_argument("paths", nargs="*", default=["results"], metavar="PATH",
+                   help="metrics.json files or folders to search (default: results)")
+    p.add_argument("--dry-run", action="store_true", help="list what would be replayed")
     return parser
+
+
+def _tracking_options(p) -> None:
+    p.add_argument("--study", help="the study the run belongs to (recorded in metrics.json)")
+    p.add_argument("--mlflow", action="store_true",
+                   help="log the run to MLflow experiment mnistbench/STUDY ($MLFLOW_TRACKING_URI, "
+                        "else ./mlflow.db)")
+    p.add_argument("--pipeline-check", action="store_true",
+                   help="mark the run as a pipeline check, not a replication")
 
 
 def main(argv: list[str] | None = None) -> int:

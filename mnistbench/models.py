@@ -87,6 +87,22 @@ class Dropout(nn.Module):
         return f"p={self.p}, style={self.style}"
 
 
+class MaxPool2d(nn.MaxPool2d):
+    """nn.MaxPool2d that pools channels-last on the CPU: the same numbers, several times faster.
+
+    torch's CPU kernel for NCHW max-pooling is slow for these small maps (0.6 ms of a 2 ms
+    mini-batch-10 step of the basic conv); its channels-last kernel scans each window in the
+    same order, so outputs, indices and gradients (ties included) are bit-identical. The layout
+    round trip is written with permute rather than memory_format so it also works under vmap.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu" or x.dim() != 4:
+            return super().forward(x)
+        nhwc = x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+        return super().forward(nhwc).contiguous()
+
+
 def build(arch: Arch) -> nn.Sequential:
     """The network as an nn.Sequential that maps [N, 1, 28, 28] images to [N, 10] logits."""
     act = ACTIVATIONS[arch.activation]
@@ -96,7 +112,7 @@ def build(arch: Arch) -> nn.Sequential:
         # Nielsen's ConvPoolLayer computes act(maxpool(conv(x)) + b). The conv bias is constant
         # per channel, so pooling first and activating after is exactly that function (and
         # equals conv -> act -> pool, the articles' order, for monotonic activations).
-        layers += [nn.Conv2d(channels, c, 5, padding=arch.conv_padding), nn.MaxPool2d(2), act()]
+        layers += [nn.Conv2d(channels, c, 5, padding=arch.conv_padding), MaxPool2d(2), act()]
         channels = c
     if arch.channel_dropout:
         layers.append(Dropout(arch.channel_dropout, "inverted", mask_dims=(0, 1)))

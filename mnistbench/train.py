@@ -40,7 +40,9 @@ class CheckpointError(Exception):
 # --- losses: the model outputs logits; each cost applies its own output activation ----------
 
 def _one_hot(y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return F.one_hot(y, 10).to(like.dtype)
+    # A comparison rather than F.one_hot: the same 0/1 values, but it works under vmap (batched.py)
+    # and needs no device-to-host check of the labels, so a CUDA graph can capture it.
+    return (y.unsqueeze(-1) == torch.arange(10, device=y.device)).to(like.dtype)
 
 
 LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
@@ -92,6 +94,23 @@ def resolve_device(device: str) -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for but no CUDA device is available")
     return torch.device(device)
+
+
+def configure_cuda(tf32: bool = False) -> None:
+    """Full FP32 and deterministic cuDNN on GPUs, so GPU runs stay comparable with CPU runs.
+
+    torch lets cuDNN convolutions use TF32 (10-bit mantissa) by default. At mini-batch 10 the
+    kernels are tiny and launch-bound, so TF32 buys little, and a replication harness prefers
+    numbers that do not depend on the GPU generation. docs/performance.md has the details.
+    """
+    precision = "tf32" if tf32 else "ieee"
+    try:
+        torch.backends.cuda.matmul.fp32_precision = precision
+        torch.backends.cudnn.conv.fp32_precision = precision
+    except AttributeError:  # torch < 2.9
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
 
 
 def load_data(recipe: Recipe, data_dir=None, device="cpu") -> Splits:
@@ -158,8 +177,9 @@ def select(history: list[dict], rule: str, split: str = "test") -> tuple[float |
     if rule == "final":
         chosen = history[-1]
     elif rule == "peak":
-        chosen = max(history, key=lambda h: h[f"{split}_accuracy"])  # first of equal peaks
-        return chosen[f"{split}_accuracy"], chosen["epoch"]
+        key = {"test": "test_accuracy", "validation": "val_accuracy"}[split]
+        chosen = max(history, key=lambda h: h[key])  # first of equal peaks
+        return chosen[key], chosen["epoch"]
     elif rule == "best_validation":
         best, chosen = -1.0, None
         for h in history:
@@ -226,6 +246,8 @@ def train(recipe: Recipe, seed: int, *, device: str = "cpu", data: Splits | None
     itself knows nothing of MLflow).
     """
     device = resolve_device(device)
+    if device.type == "cuda":
+        configure_cuda()
     data = data if data is not None else load_data(recipe, data_dir, device)
     cfg = resolve_config(recipe, seed, data, device)
     model = create(recipe.arch, cfg.init, seed).to(device)
@@ -307,13 +329,24 @@ def train(recipe: Recipe, seed: int, *, device: str = "cpu", data: Splits | None
                        "test_predictions": None if test_predictions is None else test_predictions.cpu()}
             atomic_write(checkpoint, lambda tmp: torch.save(payload, tmp))
 
+    return run_result(recipe, cfg, history=history, status=status, train_seconds=train_seconds,
+                      eval_seconds=eval_seconds, test_predictions=test_predictions,
+                      final_model=model.state_dict(), extra_state=extra_state,
+                      environment=environment(device))
+
+
+def run_result(recipe: Recipe, cfg: RunConfig, *, history: list[dict], status: str,
+               train_seconds: float, eval_seconds: float, test_predictions: torch.Tensor | None,
+               final_model: dict, extra_state: dict, environment: dict) -> dict:
+    """A finished run as the content of metrics.json (plus "final_model"); batched.py shares it."""
     selected, selected_epoch = select(history, cfg.selection, cfg.selection_split)
     finite = [h for h in history if h.get("test_accuracy") is not None]
+    steps = num_batches(cfg.train_images, cfg.batch_size, cfg.drop_last)
     trained_images = len(history) * steps * cfg.batch_size
     return {
         "schema": 1,
         "recipe": cfg.recipe, "published_id": cfg.published_id, "protocol": cfg.protocol,
-        "seed": seed, "lr": cfg.lr, "status": status,
+        "seed": cfg.seed, "lr": cfg.lr, "status": status,
         "published_accuracy": recipe.published_accuracy,
         "selected_accuracy": selected, "selected_epoch": selected_epoch,
         "final_test_accuracy": finite[-1]["test_accuracy"] if finite else None,
@@ -323,8 +356,8 @@ def train(recipe: Recipe, seed: int, *, device: str = "cpu", data: Splits | None
         "images_per_second": round(trained_images / train_seconds, 1) if train_seconds else None,
         "test_predictions": None if test_predictions is None
         else "".join(map(str, test_predictions.tolist())),
-        "final_model": model.state_dict(),
+        "final_model": final_model,
         "extra_state": extra_state,
-        "environment": environment(device),
+        "environment": environment,
         "command": " ".join(sys.argv),
     }

@@ -1,0 +1,164 @@
+"""The study tables: one tidy row per run (runs.csv/.parquet), one per recipe x lr (summary.csv).
+
+Both are built from the runs' metrics.json files alone (the source of truth), so they can be
+rebuilt at any time with `mnistbench aggregate results/<study>`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+from scipy import stats
+
+from .recipes import all_recipes
+
+PIPELINE_CHECK_NOTE = "pipeline check (tiny training subset, few epochs): not a replication"
+
+# runs.csv columns, in order. The report (mnistbench.report) relies on these names.
+RUN_COLUMNS = [
+    "study", "recipe", "published_id", "protocol", "kind", "seed", "group", "lr", "published_lr",
+    "lr_factor", "status", "selected_accuracy", "selected_epoch", "final_test_accuracy",
+    "final_val_accuracy", "published_accuracy", "diff_pp", "epochs", "batch_size", "train_images",
+    "train_subset", "weight_decay", "train_seconds", "eval_seconds", "wall_seconds",
+    "images_per_second", "device", "device_name", "host", "git_commit", "mlflow_run_id",
+    "mlflow_error", "members", "note", "pipeline_check", "run_dir",
+]
+
+SUMMARY_COLUMNS = [
+    "study", "recipe", "published_id", "protocol", "lr", "published_lr", "lr_factor", "runs",
+    "finished", "diverged", "mean", "std", "ci95_low", "ci95_high", "min", "max",
+    "published_accuracy", "diff_pp", "epochs", "train_images", "mean_train_seconds",
+    "pipeline_check", "note",
+]
+
+
+def find_run_files(study_dir: Path) -> list[Path]:
+    return sorted(Path(study_dir, "runs").rglob("metrics.json"))
+
+
+def _study_from_path(path: Path) -> str | None:
+    """<study>/runs/<recipe>/lr=<lr>/seed=<seed>/metrics.json -> <study>."""
+    parents = path.resolve().parents
+    return parents[4].name if len(parents) > 4 and parents[3].name == "runs" else None
+
+
+def _published_lr(recipe_id: str) -> float | None:
+    recipe = all_recipes().get(recipe_id)
+    if recipe is None:
+        return None
+    if recipe.kind == "ensemble":
+        recipe = all_recipes()[recipe.members]
+    return recipe.lr
+
+
+def run_row(path: Path, metrics: dict, study: str | None = None) -> dict:
+    config = metrics.get("config") or {}
+    env = metrics.get("environment") or {}
+    recipe = all_recipes().get(metrics["recipe"])
+    kind = recipe.kind if recipe else None
+    published_lr = _published_lr(metrics["recipe"])
+    lr = metrics.get("lr")
+    selected, published = metrics.get("selected_accuracy"), metrics.get("published_accuracy")
+    return {
+        "study": metrics.get("study") or study, "recipe": metrics["recipe"],
+        "published_id": metrics.get("published_id"), "protocol": metrics.get("protocol"),
+        "kind": kind, "seed": metrics.get("seed"), "group": metrics.get("group"), "lr": lr,
+        "published_lr": published_lr,
+        "lr_factor": lr / published_lr if lr and published_lr else None,
+        "status": metrics.get("status"), "selected_accuracy": selected,
+        "selected_epoch": metrics.get("selected_epoch"),
+        "final_test_accuracy": metrics.get("final_test_accuracy"),
+        "final_val_accuracy": metrics.get("final_val_accuracy"), "published_accuracy": published,
+        "diff_pp": selected - published if selected is not None and published is not None else None,
+        "epochs": config.get("epochs"), "batch_size": config.get("batch_size"),
+        "train_images": config.get("train_images"), "train_subset": config.get("train_subset"),
+        "weight_decay": config.get("weight_decay"), "train_seconds": metrics.get("train_seconds"),
+        "eval_seconds": metrics.get("eval_seconds"), "wall_seconds": metrics.get("wall_seconds"),
+        "images_per_second": metrics.get("images_per_second"), "device": env.get("device"),
+        "device_name": env.get("device_name"), "host": env.get("host"),
+        "git_commit": env.get("git_commit"),
+        "mlflow_run_id": (metrics.get("extra_state") or {}).get("mlflow_run_id"),
+        "mlflow_error": metrics.get("mlflow_error"),
+        "members": ",".join(str(m.get("seed")) for m in metrics["members"]) if "members" in metrics else None,
+        "note": metrics.get("note"), "pipeline_check": bool(metrics.get("pipeline_check")),
+        "run_dir": str(path.parent),
+    }
+
+
+def collect_runs(source, pipeline_check: bool = False) -> pd.DataFrame:
+    """One row per metrics.json: `source` is a study folder (every run below its runs/) or a
+    list of metrics.json paths. pipeline_check marks every row (the study is a smoke test)."""
+    paths = find_run_files(Path(source)) if isinstance(source, (str, Path)) else map(Path, source)
+    rows = [run_row(p, json.loads(p.read_text()), _study_from_path(p)) for p in paths]
+    runs = pd.DataFrame(rows, columns=RUN_COLUMNS)
+    runs["pipeline_check"] = runs["pipeline_check"].astype(bool) | pipeline_check
+    for column in ("seed", "group", "selected_epoch", "epochs", "batch_size", "train_images",
+                   "train_subset"):
+        runs[column] = runs[column].astype("Int64")
+    order = {recipe_id: i for i, recipe_id in enumerate(all_recipes())}
+    runs = runs.sort_values(["recipe", "lr", "seed", "group"], key=lambda c: c.map(order)
+                            if c.name == "recipe" else c, na_position="first")
+    return runs.reset_index(drop=True)
+
+
+def _ci95(values: pd.Series) -> tuple[float, float]:
+    """95% confidence interval of the mean, t distribution with n - 1 degrees of freedom."""
+    n = len(values)
+    if n < 2:
+        return math.nan, math.nan
+    half = stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / math.sqrt(n)
+    return values.mean() - half, values.mean() + half
+
+
+def _summary_row(group: pd.DataFrame) -> dict:
+    finished = group.loc[group["status"] == "finished", "selected_accuracy"].dropna().astype(float)
+    first = group.iloc[0]
+    low, high = _ci95(finished)
+    mean = finished.mean() if len(finished) else math.nan
+    published = first["published_accuracy"]
+    notes = []
+    if group["pipeline_check"].any():
+        notes.append(PIPELINE_CHECK_NOTE)
+    if (group["status"] == "not_enough_runs").any():
+        notes += list(group.loc[group["status"] == "not_enough_runs", "note"].dropna().unique())
+    elif len(finished) == 0:
+        notes.append("no finished run")
+    return {
+        "study": first["study"], "recipe": first["recipe"], "published_id": first["published_id"],
+        "protocol": first["protocol"], "lr": first["lr"], "published_lr": first["published_lr"],
+        "lr_factor": first["lr_factor"], "runs": len(group), "finished": len(finished),
+        "diverged": int((group["status"] == "diverged").sum()), "mean": mean,
+        "std": finished.std(ddof=1) if len(finished) > 1 else math.nan,
+        "ci95_low": low, "ci95_high": high,
+        "min": finished.min() if len(finished) else math.nan,
+        "max": finished.max() if len(finished) else math.nan,
+        "published_accuracy": published,
+        "diff_pp": mean - published if pd.notna(published) else math.nan,
+        "epochs": first["epochs"], "train_images": first["train_images"],
+        "mean_train_seconds": group["train_seconds"].mean(),
+        "pipeline_check": bool(group["pipeline_check"].any()), "note": "; ".join(notes) or None,
+    }
+
+
+def summarize(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per recipe x learning rate: counts, and the statistics of the finished runs' selected
+    accuracies (diverged runs are counted, not averaged), beside the published number."""
+    rows = [_summary_row(group) for _, group in runs.groupby(["recipe", "lr"], dropna=False, sort=False)]
+    summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+    for column in ("epochs", "train_images"):
+        summary[column] = summary[column].astype("Int64")
+    return summary
+
+
+def write_tables(runs: pd.DataFrame, out_dir: Path) -> pd.DataFrame:
+    """runs.csv, runs.parquet and summary.csv in out_dir; returns the summary."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = summarize(runs)
+    runs.to_csv(out_dir / "runs.csv", index=False)
+    runs.to_parquet(out_dir / "runs.parquet", index=False)
+    summary.to_csv(out_dir / "summary.csv", index=False)
+    return summary

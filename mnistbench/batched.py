@@ -1,0 +1,345 @@
+"""Many runs at once: K runs of one recipe trained in one process as one stacked model.
+
+Runs that share an architecture and a protocol but differ in seed, learning rate or L2 train
+together. Their parameters are stacked along a leading run dimension (torch.func's
+stack_module_state) and one vmap'd functional_call computes all K forward and backward passes
+in the same kernels. Each run keeps everything that makes it itself: its initialisation
+(models.create(seed)), its data order (train.epoch_order(seed, epoch)), its dropout masks (its
+own row of each Dropout's rng buffer), its learning rate and its weight decay. Run k of a batch
+therefore follows the trajectory of `train.train` of that run alone, up to float reassociation
+in the batched kernels; tests/test_batched.py checks per-epoch accuracies and final weights.
+
+SGD is torch.optim.SGD's, written for stacked tensors: d = g + wd*w (weights only for the book's
+protocols), v = momentum*v + d, w -= lr*v. The per-run learning rate is folded into the loss
+(gradients of lr_k * loss_k are lr_k * g_k), so the update is one foreach call for all runs.
+
+Speed. The training data live on the training device; a step is an index into them, a batched
+forward/backward and a foreach update, with no host round trip (the loss is summed on the
+device and read once an epoch). On a GPU each step is captured once as a CUDA graph and then
+replayed, which removes the per-kernel launch cost that dominates at mini-batch 10
+(graphs=False, or MNISTBENCH_CUDA_GRAPHS=0, turns that off; capture failures fall back to eager).
+A run whose epoch loss is not finite is marked diverged and dropped from the stack; the others go on.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from dataclasses import asdict
+from typing import Callable, Sequence
+
+import torch
+from torch.func import functional_call, grad_and_value, stack_module_state, vmap
+
+from .data import Splits
+from .models import Dropout, create, decayed_parameters
+from .recipes import Recipe
+from .train import (EVAL_BATCH, LOSSES, PROGRESS_EVERY_S, RunConfig, accuracy, configure_cuda,
+                    environment, epoch_order, load_data, num_batches, resolve_config, resolve_device,
+                    run_result)
+
+# RunConfig fields that may differ between the runs of one batch; all others must agree.
+PER_RUN_FIELDS = {"recipe", "published_id", "seed", "lr", "l2", "weight_decay"}
+GRAPH_WARMUP_STEPS = 3
+
+
+class IncompatibleRuns(ValueError):
+    """Runs that cannot share one stacked model (other architecture, data or protocol)."""
+
+
+def check_compatible(recipes: Sequence[Recipe], cfgs: Sequence[RunConfig]) -> None:
+    first = asdict(cfgs[0])
+    for recipe, cfg in zip(recipes, cfgs):
+        if recipe.kind != "network":
+            raise IncompatibleRuns(f"{recipe.id} is a {recipe.kind}, not a network to train")
+        if recipe.arch != recipes[0].arch:
+            raise IncompatibleRuns(f"{recipe.id} and {recipes[0].id} have different architectures")
+        differ = [k for k, v in asdict(cfg).items() if k not in PER_RUN_FIELDS and v != first[k]]
+        if differ:
+            raise IncompatibleRuns(f"{recipe.id} (seed {cfg.seed}) and {cfgs[0].recipe} (seed "
+                                   f"{cfgs[0].seed}) differ in {', '.join(differ)}")
+
+
+class StackedRuns:
+    """The parameters, buffers and SGD state of K runs, stacked along a leading run dimension."""
+
+    def __init__(self, recipe: Recipe, cfgs: Sequence[RunConfig], data: Splits,
+                 device: torch.device, graphs: bool | None = None):
+        first = cfgs[0]
+        self.cfgs, self.data, self.device = list(cfgs), data, device
+        self.batch_size, self.momentum = first.batch_size, first.momentum
+        self.n = len(data.train_x)
+        self.full_steps = self.n // self.batch_size
+        self.steps = num_batches(self.n, self.batch_size, first.drop_last)
+        self.loss_fn = LOSSES[first.loss]
+        self.shuffle = first.shuffle
+        if graphs is None:
+            graphs = device.type == "cuda" and os.environ.get("MNISTBENCH_CUDA_GRAPHS", "1") != "0"
+        self.graphs = graphs and device.type == "cuda"
+
+        models = [create(recipe.arch, first.init, cfg.seed).to(device) for cfg in cfgs]
+        template = models[0]
+        self.state_keys = list(template.state_dict())
+        decayed_ids = {id(p) for p in decayed_parameters(template, first.decay)[0]}
+        self.names = [n for n, _ in template.named_parameters()]
+        self.decayed = [n for n, p in template.named_parameters() if id(p) in decayed_ids]
+        self.rng_keys = [f"{n}.rng" for n, m in template.named_modules() if isinstance(m, Dropout)]
+        params, self.buffers = stack_module_state(models)
+        self.params = {n: p.detach() for n, p in params.items()}
+        # functional_call only needs the module structure: keep it on the meta device.
+        self.base = copy.deepcopy(template).to("meta")
+        self.lr = torch.tensor([c.lr for c in cfgs], device=device)
+        self.weight_decay = torch.tensor([c.weight_decay for c in cfgs], device=device)
+        # torch's SGD initialises the momentum buffer to the first d; m*0 + d is exactly that.
+        self.velocity = {n: torch.zeros_like(p) for n, p in self.params.items()} if self.momentum else None
+        self.loss_sum = torch.zeros(len(cfgs), device=device)
+        self.position = torch.zeros((), dtype=torch.long, device=device)
+        self.columns = torch.arange(self.batch_size, device=device)
+        self.orders: torch.Tensor | None = None
+        self.graph = None
+        self._build_functions()
+
+    def __len__(self) -> int:
+        return len(self.cfgs)
+
+    # --- the step ---------------------------------------------------------------------------
+
+    def _objective(self, params, buffers, x, y, lr):
+        loss = self.loss_fn(functional_call(self.base, (params, buffers), (x,)), y)
+        return lr * loss, loss
+
+    def _build_functions(self) -> None:
+        x_dim = 0 if self.shuffle else None  # unshuffled runs all see the same mini-batch
+        self._grads = vmap(grad_and_value(self._objective, has_aux=True), in_dims=(0, 0, x_dim, x_dim, 0))
+        k = len(self.cfgs)
+        # lr * weight_decay per run, shaped to broadcast against each decayed parameter
+        lr_wd = self.lr * self.weight_decay
+        self._decay = [(n, lr_wd.view(k, *[1] * (self.params[n].dim() - 1))) for n in self.decayed] \
+            if bool((lr_wd != 0).any()) else []
+
+    def _step(self, columns: torch.Tensor) -> None:
+        """One SGD step of every run on the mini-batch at `columns` of its epoch order."""
+        index = columns if self.orders is None else self.orders[:, columns]
+        x = self.data.train_x.index_select(0, index.flatten()).view(*index.shape, *self.data.train_x.shape[1:])
+        y = self.data.train_y.index_select(0, index.flatten()).view(index.shape)
+        grads, (_, losses) = self._grads(self.params, self.buffers, x, y, self.lr)
+        with torch.no_grad():
+            for name, lr_wd in self._decay:  # d = lr*g + lr*wd*w
+                grads[name].addcmul_(lr_wd, self.params[name])
+            update = [grads[n] for n in self.names]
+            if self.velocity is not None:
+                velocity = [self.velocity[n] for n in self.names]
+                torch._foreach_mul_(velocity, self.momentum)
+                torch._foreach_add_(velocity, update)
+                update = velocity
+            torch._foreach_sub_([self.params[n] for n in self.names], update)
+            for key in self.rng_keys:
+                self.buffers[key][:, 1] += 1
+            self.loss_sum += losses
+
+    def _next_step(self) -> None:
+        self._step(self.position * self.batch_size + self.columns)
+        self.position += 1
+
+    def _capture(self) -> int:
+        """Record one step as a CUDA graph; returns the real training steps it took (warm-up).
+
+        If capture fails (an op that syncs with the host, say), training goes on eagerly.
+        """
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):  # warm-up on a side stream, as torch.cuda.graph asks
+            for _ in range(GRAPH_WARMUP_STEPS):
+                self._next_step()
+        torch.cuda.current_stream().wait_stream(stream)
+        try:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._next_step()  # recorded, not run: position and weights stay as they are
+            self.graph = graph
+        except Exception as err:  # noqa: BLE001 -- whatever the reason, eager training still works
+            self.graphs, self.graph = False, None
+            print(f"mnistbench: CUDA graph capture failed ({type(err).__name__}: {err}); "
+                  f"training without CUDA graphs", flush=True)
+        return GRAPH_WARMUP_STEPS
+
+    # --- epochs -----------------------------------------------------------------------------
+
+    def begin_epoch(self, epoch: int) -> None:
+        if self.shuffle:
+            orders = torch.stack([epoch_order(c.seed, epoch, self.n, True, "cpu") for c in self.cfgs])
+            if self.orders is None or self.orders.shape != orders.shape:
+                self.orders = orders.to(self.device)
+                self.graph = None
+            else:  # in place: a captured graph reads this very tensor
+                self.orders.copy_(orders)
+        self.position.zero_()
+        self.loss_sum.zero_()
+
+    def train_steps(self, count: int) -> None:
+        """`count` full mini-batches from the current position (graph replays on a GPU)."""
+        if self.graphs and self.graph is None and count > GRAPH_WARMUP_STEPS:
+            count -= self._capture()
+        for _ in range(count):
+            if self.graph is not None:
+                self.graph.replay()
+            else:
+                self._next_step()
+
+    def finish_epoch(self) -> None:
+        """The last, smaller mini-batch when the training set is not a multiple of the batch size."""
+        if self.steps > self.full_steps:
+            self._step(torch.arange(self.full_steps * self.batch_size, self.n, device=self.device))
+
+    def epoch_losses(self) -> list[float]:
+        return (self.loss_sum.double() / self.steps).tolist()
+
+    # --- evaluation, divergence, results ----------------------------------------------------
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """[K, N] predicted digits of every run, in eval mode (dropout off or rescaled).
+
+        One run at a time, in chunks of EVAL_BATCH like train.predict: evaluation is once an
+        epoch, large batches are efficient without vmap, and each run's predictions are then
+        computed exactly as its solo run computes them.
+        """
+        self.base.eval()
+        try:
+            runs = []
+            for row in range(len(self)):
+                state = {n: t[row] for n, t in {**self.params, **self.buffers}.items()}
+                runs.append(torch.cat([functional_call(self.base, state, (chunk,)).argmax(1)
+                                       for chunk in x.split(EVAL_BATCH)]))
+            return torch.stack(runs)
+        finally:
+            self.base.train()
+
+    def keep(self, rows: list[int]) -> None:
+        """Keep only these runs (drop diverged ones); graphs are re-captured for the new shape."""
+        index = torch.tensor(rows, device=self.device)
+        pick = lambda t: t.index_select(0, index)  # noqa: E731
+        self.cfgs = [self.cfgs[i] for i in rows]
+        self.params = {n: pick(p) for n, p in self.params.items()}
+        self.buffers = {n: pick(b) for n, b in self.buffers.items()}
+        if self.velocity is not None:
+            self.velocity = {n: pick(v) for n, v in self.velocity.items()}
+        self.lr, self.weight_decay, self.loss_sum = pick(self.lr), pick(self.weight_decay), pick(self.loss_sum)
+        if self.orders is not None:
+            self.orders = pick(self.orders)
+        self.graph = None
+        self._build_functions()
+
+    def state_dict(self, row: int) -> dict:
+        """Run `row`'s weights and buffers, keyed and ordered as its solo model's state_dict."""
+        stacked = {**self.params, **self.buffers}
+        return {key: stacked[key][row].clone() for key in self.state_keys}
+
+
+def train_batch(runs: Sequence[tuple[Recipe, int]], *, device: str = "cpu", data: Splits | None = None,
+                data_dir=None, log: Callable[[str], None] | None = None,
+                on_epoch: Callable[[int, dict], None] | None = None,
+                graphs: bool | None = None) -> list[dict]:
+    """Train every (recipe, seed) of `runs` together; one result per run, as train.train returns.
+
+    The recipes may differ in lr and L2 only (Recipe.with_overrides(lr=...)); everything else
+    (architecture, protocol, data, batch size, epochs, momentum) must agree.
+    on_epoch(i, entry) is called with run i's history entry after every epoch.
+    """
+    if not runs:
+        raise ValueError("no runs to train")
+    device = resolve_device(device)
+    recipes = [r for r, _ in runs]
+    data = data if data is not None else load_data(recipes[0], data_dir, device)
+    cfgs = [resolve_config(r, seed, data, device) for r, seed in runs]
+    check_compatible(recipes, cfgs)
+    if device.type == "cuda":
+        configure_cuda()
+    stack = StackedRuns(recipes[0], cfgs, data, device, graphs)
+    active = list(range(len(runs)))  # stack row -> index into runs
+    histories: list[list[dict]] = [[] for _ in runs]
+    status = ["finished"] * len(runs)
+    predictions: list[torch.Tensor | None] = [None] * len(runs)
+    final_models: list[dict | None] = [None] * len(runs)
+    train_seconds, eval_seconds = [0.0] * len(runs), [0.0] * len(runs)
+    first = cfgs[0]
+    batch_images = stack.steps * first.batch_size
+    if log:
+        log(f"training {len(runs)} runs of {first.recipe} together on {device}: seeds "
+            f"{sorted({c.seed for c in cfgs})}, lrs {sorted({c.lr for c in cfgs})}, {first.epochs} epochs"
+            + (", CUDA graphs" if stack.graphs else ""))
+
+    for epoch in range(1, first.epochs + 1):
+        if not active:
+            break
+        started = time.perf_counter()
+        stack.begin_epoch(epoch)
+        done, last_report = 0, started
+        while done < stack.full_steps:
+            # Chunks of steps so that long epochs can report progress without a sync per step.
+            count = min(stack.full_steps - done, 1000)
+            stack.train_steps(count)
+            done += count
+            if log and time.perf_counter() - last_report > PROGRESS_EVERY_S and done < stack.full_steps:
+                losses = stack.loss_sum.tolist()
+                last_report = time.perf_counter()
+                rate = done * first.batch_size * len(stack) / (last_report - started)
+                log(f"  epoch {epoch}/{first.epochs} step {done}/{stack.steps} median loss "
+                    f"{sorted(losses)[len(losses) // 2] / done:.4f} {rate:,.0f} img/s (all runs)")
+        stack.finish_epoch()
+        losses = stack.epoch_losses()  # the one host sync of the epoch's training
+        epoch_s = time.perf_counter() - started
+
+        t_eval = time.perf_counter()
+        diverged = [row for row, loss in enumerate(losses) if not math.isfinite(loss)]
+        finite_rows = [row for row in range(len(stack)) if row not in diverged]
+        for row in diverged:  # like a diverged solo run, it keeps the weights it stopped with
+            final_models[active[row]] = stack.state_dict(row)
+        if diverged and finite_rows:
+            stack.keep(finite_rows)
+        val = test = None
+        if finite_rows:
+            val = stack.predict(data.val_x) if data.val_x is not None else None
+            test = stack.predict(data.test_x)
+        eval_s = time.perf_counter() - t_eval
+
+        for row, i in enumerate(active):
+            entry = {"epoch": epoch, "train_loss": losses[row]}
+            if row in diverged:
+                status[i], predictions[i] = "diverged", None
+                entry.update(val_accuracy=None, test_accuracy=None, diverged=True)
+            else:
+                kept = finite_rows.index(row)
+                if val is not None:
+                    entry["val_accuracy"] = accuracy(val[kept], data.val_y)
+                predictions[i] = test[kept]
+                entry["test_accuracy"] = accuracy(test[kept], data.test_y)
+            entry["train_seconds"] = round(epoch_s, 3)
+            entry["images_per_second"] = round(batch_images / epoch_s, 1)
+            histories[i].append(entry)
+            train_seconds[i] += epoch_s
+            eval_seconds[i] += eval_s
+            if on_epoch:
+                on_epoch(i, entry)
+        if log:
+            accs = sorted(histories[i][-1]["test_accuracy"] for i in active if i not in
+                          {active[row] for row in diverged})
+            spread = f" test {accs[0]:.2f}..{accs[-1]:.2f}%" if accs else ""
+            log(f"{first.recipe} epoch {epoch}/{first.epochs}: {len(active)} runs{spread} "
+                f"{batch_images * len(active) / epoch_s:,.0f} img/s (all runs)"
+                + (f", {len(diverged)} DIVERGED" if diverged else ""))
+        active = [active[row] for row in finite_rows]
+
+    for row, i in enumerate(active):
+        final_models[i] = stack.state_dict(row)
+    env = environment(device)
+    results = []
+    for i, ((recipe, _), cfg) in enumerate(zip(runs, cfgs)):
+        results.append(run_result(
+            recipe, cfg, history=histories[i], status=status[i], train_seconds=train_seconds[i],
+            eval_seconds=eval_seconds[i], test_predictions=predictions[i],
+            final_model=final_models[i], extra_state={},
+            environment={**env, "batched_runs": len(runs)}))
+    return results

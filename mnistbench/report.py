@@ -1,0 +1,476 @@
+"""The replication report of a study: reports/<study>/index.html and its figures.
+
+Input: the study tables (results/<study>/runs.csv and summary.csv, from mnistbench.aggregate)
+and, for the learning curves and the exact configuration, each run's metrics.json. Output: one
+self-contained HTML file (figures embedded as PNG, no external CSS, JavaScript or fonts) that
+sets every published number beside its replication and judges it (mnistbench.stats), plus each
+figure as PNG and SVG in figures/ and learning_curves/.
+
+    mnistbench report --study-dir results/nielsen --out reports/nielsen
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime
+import json
+import math
+import os
+import platform
+import shutil
+import struct
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+
+from . import figures, stats
+from .recipes import all_recipes, published_table
+from .tracking import experiment_name
+
+FIGURES_DIR = "figures"  # overview figures: published_vs_replicated, lr_sensitivity, protocol_comparison
+CURVES_DIR = "learning_curves"  # one <recipe>.png/.svg per trained recipe
+
+SELECTION_TEXT = {
+    "peak": "the highest accuracy over all epochs on the {split} set",
+    "best_validation": "the test accuracy of the last epoch whose validation accuracy was the best so "
+                       "far (network3.py)",
+    "final": "the test accuracy after the last epoch",
+}
+INIT_TEXT = {  # mnistbench.models.init_weights
+    "network": "every weight and bias N(0, 1)",
+    "network2": "weights N(0, 1/sqrt(n_in)), biases N(0, 1)",
+    "network3": "conv weights N(0, sqrt(1/(filters*25/4))), fc weights N(0, sqrt(1/n_out)), biases "
+                "N(0, 1), softmax layer zeros",
+    "pytorch": "PyTorch's default initialisation",
+}
+L2_TEXT = {  # Protocol.l2_divisor
+    "images": "lambda / n (n = training images), on weights only",
+    "batches": "lambda / number of mini-batches per epoch, on weights only",
+    "none": "PyTorch weight_decay as given, on weights and biases",
+}
+REPORT_PACKAGES = ["pandas", "numpy", "scipy", "matplotlib", "seaborn", "jinja2", "mlflow", "snakemake"]
+CONFIG_HIDDEN = {"recipe", "published_id", "seed", "group", "members_recipe", "vote"}
+
+
+class ReportError(Exception):
+    """Missing or unusable inputs: reported as one line by the CLI."""
+
+
+# --- inputs ---------------------------------------------------------------------------------
+
+def load_tables(study_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    tables = []
+    for name in ("runs.csv", "summary.csv"):
+        path = study_dir / name
+        if not path.is_file():
+            raise ReportError(f"no {path}: build the study tables first "
+                              f"('mnistbench aggregate {study_dir}' or the workflow)")
+        table = pd.read_csv(path)
+        if table.empty:
+            raise ReportError(f"{path} has no rows: the study has no finished runs yet")
+        tables.append(table)
+    return tables[0], tables[1]
+
+
+def study_config(study: str, config_path: str | None, inline_json: str | None) -> dict | None:
+    """The study's entry of the workflow config: inline JSON (from the workflow), else
+    studies.<study> of config_path when that file exists, else None."""
+    if inline_json:
+        try:
+            value = json.loads(inline_json)
+        except ValueError as err:
+            raise ReportError(f"--study-config is not valid JSON: {err}") from None
+        if not isinstance(value, dict):
+            raise ReportError("--study-config must be a JSON object")
+        return value
+    if not config_path or not Path(config_path).is_file():
+        return None
+    import yaml
+
+    try:
+        config = yaml.safe_load(Path(config_path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ReportError(f"cannot read {config_path}: {err}") from None
+    return (config.get("studies") or {}).get(study)
+
+
+def run_path(run_dir: str, study_dir: Path) -> Path:
+    """A run folder as runs.csv names it, found again under study_dir if the tables were made
+    from another working directory."""
+    path = Path(run_dir)
+    if path.is_dir():
+        return path
+    parts = path.parts
+    if "runs" in parts:
+        return study_dir.joinpath(*parts[len(parts) - 1 - parts[::-1].index("runs"):])
+    return study_dir / path
+
+
+def load_metrics(runs: pd.DataFrame, study_dir: Path) -> dict[int, dict]:
+    """Each run's metrics.json (for its history, config and environment), by runs.csv row."""
+    loaded = {}
+    for index, run_dir in runs["run_dir"].items():
+        path = run_path(run_dir, study_dir) / "metrics.json"
+        try:
+            loaded[index] = json.loads(path.read_text())
+            loaded[index]["_mtime"] = path.stat().st_mtime
+        except (OSError, ValueError) as err:
+            raise ReportError(f"cannot read {path} (listed in runs.csv): {err}") from None
+    return loaded
+
+
+def _number(value) -> float:
+    return float(value) if value is not None and pd.notna(value) else math.nan
+
+
+def at_published_lr(table: pd.DataFrame) -> pd.Series:
+    """Rows run at the published learning rate (the workflow rounds lrs to 4 significant digits);
+    the baselines have none and always count."""
+    close = (table["lr"] - table["published_lr"]).abs() <= 1e-3 * table["published_lr"].abs()
+    return close | table["published_lr"].isna()
+
+
+# --- judging each published number ----------------------------------------------------------
+
+def settings_changed(recipe, configs: list[dict]) -> str:
+    """What a study changed that the published number depends on (epochs, training images)."""
+    if recipe.kind == "baseline":
+        return ""
+    reference = all_recipes()[recipe.members] if recipe.kind == "ensemble" else recipe
+    changes = []
+    for key, published in (("epochs", reference.epochs), ("train_images", reference.train_images)):
+        used = sorted({c.get(key) for c in configs if c.get(key) is not None})
+        if used and used != [published]:
+            changes.append(f"{key.replace('_', ' ')} {', '.join(f'{v:,}' for v in used)} "
+                           f"instead of {published:,}")
+    return "; ".join(changes)
+
+
+def judge_recipes(runs: pd.DataFrame, summary: pd.DataFrame, metrics: dict[int, dict],
+                  pipeline_check: bool) -> list[dict]:
+    """One row per recipe of the study (one per published number), from its runs at the
+    published learning rate, in the order of the published table."""
+    table = {row["id"]: row for row in published_table()}
+    recipes = all_recipes()
+    rows = []
+    for recipe_id in [r for r in recipes if r in set(summary["recipe"])]:
+        recipe, published_row = recipes[recipe_id], table[recipe_id]
+        lines = summary[summary["recipe"] == recipe_id]
+        at_lr = lines[at_published_lr(lines)]
+        line = at_lr.iloc[0].to_dict() if len(at_lr) else {}  # summary.csv's row, if any
+        index = list(runs.index[(runs["recipe"] == recipe_id) & at_published_lr(runs)])
+        k, k_note = stats.best_of_k(published_row["selection"])
+        published = recipe.published_accuracy
+        n, mean, sd = int(line.get("finished", 0)), _number(line.get("mean")), _number(line.get("std"))
+        judgement = stats.judge(
+            published, mean, sd, n, k=k,
+            half_width=stats.rounding_half_width(published_row["published_accuracy_pct"]),
+            pipeline_check=pipeline_check,
+            settings_changed=settings_changed(recipe, [metrics[i].get("config") or {} for i in index]),
+            deterministic=recipe.kind == "baseline")
+        reason = judgement.reason
+        if not line:
+            reason = f"no runs at the published learning rate {line_lr(lines)}"
+        elif judgement.verdict == "not enough runs" and isinstance(line.get("note"), str):
+            reason = f"{reason}; {line['note']}"
+        single = stats.clip_percent(stats.prediction_interval(mean, sd, n))
+        member = recipes[recipe.members] if recipe.kind == "ensemble" else recipe
+        rows.append({
+            "recipe": recipe_id, "kind": recipe.kind, "deterministic": recipe.kind == "baseline",
+            "source": recipe.source, "section": published_row["chapter_or_section"],
+            "network": published_row["network"], "table_row": published_row,
+            "protocol": member.protocol.family if member.protocol else "nielsen",
+            "published": published, "published_text": published_row["published_accuracy_pct"],
+            "reported_split": published_row["reported_split"],
+            "selection_text": published_row["selection"], "k": k, "k_note": k_note,
+            "published_lr": member.lr, "runs": int(line.get("runs", 0)), "n": n,
+            "diverged": int(line.get("diverged", 0)), "mean": mean, "sd": sd,
+            "ci_low": _number(line.get("ci95_low")), "ci_high": _number(line.get("ci95_high")),
+            "diff_pp": mean - published if published is not None else math.nan,
+            "pi1_low": single[0], "pi1_high": single[1],  # one run, whatever the verdict uses
+            "pi_low": judgement.low, "pi_high": judgement.high,  # the verdict's interval
+            "expected_best": judgement.expected_best,
+            "verdict": judgement.verdict, "reason": reason, "run_index": index,
+        })
+    return rows
+
+
+def line_lr(lines: pd.DataFrame) -> str:
+    published = lines["published_lr"].iloc[0]
+    ran = ", ".join(f"{v:g}" for v in sorted(lines["lr"].dropna().unique()))
+    return f"{published:g} (the study ran {ran})"
+
+
+def protocol_groups(recipe_ids: list[str]) -> list[dict]:
+    """Architectures that the study trains under both protocols ("nielsen" and "pytorch").
+
+    Dropout's scaling convention belongs to the protocol, not the architecture."""
+    recipes = all_recipes()
+    by_arch: dict = {}
+    for recipe_id in recipe_ids:
+        recipe = recipes[recipe_id]
+        if recipe.kind != "network":
+            continue
+        arch = dataclasses.replace(recipe.arch, dropout_style="nielsen")
+        by_arch.setdefault(arch, []).append(recipe)
+    groups = []
+    for group in by_arch.values():
+        families = {r.protocol.family for r in group}
+        if families >= {"nielsen", "pytorch"}:
+            group = sorted(group, key=lambda r: (r.protocol.family != "nielsen", r.id))
+            groups.append({"label": group[0].notes, "recipes": [r.id for r in group]})
+    return groups
+
+
+# --- per-recipe details ---------------------------------------------------------------------
+
+def history_frame(indices: list[int], metrics: dict[int, dict]) -> pd.DataFrame:
+    """Long table of per-epoch accuracies: seed, epoch, split (validation|test), accuracy."""
+    rows = []
+    for i in indices:
+        for entry in metrics[i].get("history") or []:
+            for split, key in (("validation", "val_accuracy"), ("test", "test_accuracy")):
+                if entry.get(key) is not None:
+                    rows.append({"seed": metrics[i].get("seed"), "epoch": entry["epoch"],
+                                 "split": split, "accuracy": entry[key]})
+    return pd.DataFrame(rows, columns=["seed", "epoch", "split", "accuracy"])
+
+
+def config_table(indices: list[int], metrics: dict[int, dict]) -> list[tuple[str, str]]:
+    """The resolved run configuration shared by the runs; keys whose value differs say so."""
+    configs = [metrics[i].get("config") or {} for i in indices]
+    keys = list(dict.fromkeys(k for c in configs for k in c if k not in CONFIG_HIDDEN))
+    table = []
+    for key in keys:
+        values = list(dict.fromkeys(json.dumps(c.get(key)) for c in configs))
+        table.append((key, values[0] if len(values) == 1 else "varies: " + ", ".join(values)))
+    return table
+
+
+def protocol_notes(recipe, configs: list[dict]) -> list[tuple[str, str]]:
+    if recipe.kind == "baseline":
+        return [("method", recipe.notes), ("data", "first 50,000 training images; official 10,000 test "
+                                           "images; deterministic (no seed)")]
+    if recipe.kind == "ensemble":
+        from .ensemble import VOTE_RULE
+
+        members = all_recipes()[recipe.members]
+        return [("method", f"{recipe.notes}"), ("vote", VOTE_RULE),
+                ("members", f"{members.id}: {members.protocol.describe()}")]
+    protocol = recipe.protocol
+    weight_decay = sorted({c.get("weight_decay") for c in configs if c.get("weight_decay") is not None})
+    l2 = (f"lambda = {recipe.l2:g}; {L2_TEXT[protocol.l2_divisor]} = weight_decay "
+          f"{', '.join(f'{w:.3g}' for w in weight_decay)}" if recipe.l2 else "none")
+    split = ("50,000 train / 10,000 validation (the last 10,000 of the official training set) / "
+             "10,000 test" if protocol.split == "nielsen"
+             else "all 60,000 train / 10,000 test, no validation")
+    return [
+        ("protocol", f"{protocol.family} ({protocol.describe()})"),
+        ("split", split + (f"; training data expanded 5x by 1-pixel shifts to {recipe.train_images:,} images"
+                           if recipe.expand else "")),
+        ("pixels", "in [0, 1]" if recipe.scaling == "raw" else "normalised (mean 0.1305, sd 0.3081)"),
+        ("initialisation", INIT_TEXT[recipe.init]),
+        ("L2 regularisation", l2),
+        ("data order", "reshuffled every epoch" if protocol.shuffle else "never shuffled (fixed order)"),
+        ("selection rule", SELECTION_TEXT[recipe.selection].format(split=recipe.selection_split)),
+    ]
+
+
+def run_records(indices: list[int], runs: pd.DataFrame) -> list[dict]:
+    """runs.csv rows as dicts: None for missing values, whole numbers as ints (CSV reads a
+    column with gaps as floats)."""
+    records = []
+    for i in indices:
+        record = {key: (None if pd.isna(value) else value) for key, value in runs.loc[i].items()}
+        for key in ("seed", "group", "selected_epoch"):
+            if record.get(key) is not None:
+                record[key] = int(record[key])
+        records.append(record)
+    return records
+
+
+# --- provenance -----------------------------------------------------------------------------
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).parent)
+        return out.stdout.strip() if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def provenance(runs: pd.DataFrame, metrics: dict[int, dict], study_config: dict | None) -> dict:
+    environments = [m.get("environment") or {} for m in metrics.values() if m.get("environment")]
+
+    def distinct(key):
+        return sorted({str(e[key]) for e in environments if e.get(key) is not None})
+
+    trained = runs[runs["kind"] != "ensemble"]  # an ensemble's train_seconds is its members' sum
+    wall = trained["wall_seconds"].dropna()
+    times = [m["_mtime"] for m in metrics.values()]
+    devices = (trained["device"].fillna("?") + " (" + trained["device_name"].fillna("?") + ")").value_counts()
+    report_versions = {}
+    for name in REPORT_PACKAGES:
+        try:
+            report_versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "run_commits": sorted(runs["git_commit"].dropna().unique()),
+        "report_commit": _git("rev-parse", "HEAD"),
+        "report_dirty": bool(dirty),
+        "run_versions": {key: distinct(key) for key in ("mnistbench", "torch", "torchvision", "python")},
+        "report_versions": {"python": platform.python_version(), **report_versions},
+        "devices": list(devices.items()),
+        "hosts": sorted(runs["host"].dropna().unique()),
+        "threads": distinct("threads"),
+        "jobs": len(runs), "trained_runs": len(trained),
+        "total_wall_hours": wall.sum() / 3600,
+        "total_train_hours": trained["train_seconds"].fillna(0).sum() / 3600,
+        "total_eval_hours": trained["eval_seconds"].fillna(0).sum() / 3600,
+        "wall_median": wall.median() if len(wall) else math.nan,
+        "wall_min": wall.min() if len(wall) else math.nan,
+        "wall_max": wall.max() if len(wall) else math.nan,
+        "first_run": _date(min(times)), "last_run": _date(max(times)),
+        "generated": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "study_config": _yaml(study_config) if study_config else None,
+        "mlflow_errors": int(runs["mlflow_error"].notna().sum()),
+    }
+
+
+def _date(timestamp: float) -> str:
+    return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _yaml(value: dict) -> str:
+    import yaml
+
+    return yaml.safe_dump(value, sort_keys=False, width=100)
+
+
+# --- figures --------------------------------------------------------------------------------
+
+def _embed(png: Path) -> dict:
+    """The PNG as a data URI, with its size in CSS pixels (112 per inch) for width/height."""
+    data = png.read_bytes()
+    width, height = struct.unpack(">II", data[16:24])  # the IHDR chunk
+    scale = 112 / figures.PNG_DPI  # a little above print size: legible, and still fits
+    return {"src": "data:image/png;base64," + base64.b64encode(data).decode("ascii"),
+            "width": round(width * scale), "height": round(height * scale)}
+
+
+def make_figures(out: Path, runs: pd.DataFrame, summary: pd.DataFrame, rows: list[dict],
+                 metrics: dict[int, dict]) -> dict:
+    """Write every figure (PNG + SVG) and return, per figure name, its embedded PNG and alt text."""
+    judged = {row["recipe"]: row for row in rows}
+    made: dict = {"curves": {}}
+
+    def add(fig, stem: Path, alt: str) -> dict:
+        png, _ = figures.save(fig, stem)
+        return {**_embed(png), "alt": alt, "png": str(png.relative_to(out)),
+                "svg": str(stem.with_suffix(".svg").relative_to(out))}
+
+    counts = pd.Series([r["verdict"] for r in rows]).value_counts()
+    made["published_vs_replicated"] = add(
+        figures.published_vs_replicated(rows, runs), out / FIGURES_DIR / "published_vs_replicated",
+        f"Published versus replicated accuracy for {len(rows)} published numbers, one row each on its "
+        f"own scale: dots are seeds, a circle with bars the mean and its 95% confidence interval, a "
+        f"shaded band the 95% prediction interval, a diamond the published value. Verdicts: "
+        + ", ".join(f"{n} {v}" for v, n in counts.items()) + ". The summary table lists the same numbers.")
+    swept = summary.groupby("recipe")["lr"].nunique()
+    if (swept > 1).any():
+        made["lr_sensitivity"] = add(
+            figures.lr_sensitivity(runs, summary, judged), out / FIGURES_DIR / "lr_sensitivity",
+            "Accuracy against learning rate on a log axis for "
+            + ", ".join(swept[swept > 1].index) + ": seeds as dots, means with 95% confidence "
+            "intervals joined by a line, the published learning rate as a dashed vertical line and "
+            "the published accuracy as a diamond on it. The per-recipe tables list the same numbers.")
+    groups = protocol_groups([r["recipe"] for r in rows])
+    if groups:
+        made["protocol_comparison"] = add(
+            figures.protocol_comparison(runs, groups, judged), out / FIGURES_DIR / "protocol_comparison",
+            "The same architecture under Nielsen's and the PyTorch articles' protocols: "
+            + "; ".join(" versus ".join(g["recipes"]) for g in groups)
+            + ". Seeds as dots, mean with 95% confidence interval, published value as a diamond.")
+        made["protocol_groups"] = groups
+    for row in rows:
+        if row["kind"] != "network":
+            continue
+        history = history_frame(row["run_index"], metrics)
+        title = f"{row['recipe']} at lr {row['published_lr']:g} ({row['n']} finished runs)"
+        last = history.groupby("split")["accuracy"].mean() if not history.empty else {}
+        made["curves"][row["recipe"]] = add(
+            figures.learning_curves(history, title, row["published"], row["reported_split"]),
+            out / CURVES_DIR / row["recipe"],
+            f"Learning curves of {row['recipe']}: validation and test accuracy per epoch, mean over "
+            f"seeds with a band of one standard deviation"
+            + (f", published {row['published']:g}% as a dashed line" if row["published"] is not None else "")
+            + "." + "".join(f" Mean {split} accuracy over all epochs and seeds: {value:.2f}%."
+                            for split, value in dict(last).items()))
+    return made
+
+
+# --- the page -------------------------------------------------------------------------------
+
+def _fmt(value, digits: int = 2, signed: bool = False) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)) or pd.isna(value):
+        return "–"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def render(context: dict) -> str:
+    import jinja2
+    import markupsafe
+
+    env = jinja2.Environment(loader=jinja2.PackageLoader("mnistbench", "templates"),
+                             autoescape=jinja2.select_autoescape(["html", "j2"]),
+                             trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+    env.filters["fmt"] = _fmt
+    # long recipe ids may break after their underscores in narrow table columns
+    env.filters["wbr"] = lambda text: markupsafe.Markup("_<wbr>").join(str(text).split("_"))
+    env.filters["lr"] = lambda v: "–" if v is None or pd.isna(v) else f"{v:g}"
+    return env.get_template("report.html.j2").render(**context)
+
+
+def build_report(study_dir, out_dir, study_config: dict | None = None) -> Path:
+    """Write out_dir/index.html and the figures for the study in study_dir; returns the HTML path."""
+    study_dir, out = Path(study_dir), Path(out_dir)
+    runs, summary = load_tables(study_dir)
+    study = str(runs["study"].dropna().iloc[0]) if runs["study"].notna().any() else study_dir.name
+    metrics = load_metrics(runs, study_dir)
+    for folder in (FIGURES_DIR, CURVES_DIR):  # ours alone: no figure of an earlier report survives
+        shutil.rmtree(out / folder, ignore_errors=True)
+    pipeline_check = bool(summary["pipeline_check"].any() or (study_config or {}).get("pipeline_check"))
+    rows = judge_recipes(runs, summary, metrics, pipeline_check)
+    made = make_figures(out, runs, summary, rows, metrics)
+    recipes = all_recipes()
+    sections = []
+    for row in rows:
+        recipe = recipes[row["recipe"]]
+        configs = [metrics[i].get("config") or {} for i in row["run_index"]]
+        sections.append({
+            **row, "notes": protocol_notes(recipe, configs),
+            "config": config_table(row["run_index"], metrics),
+            "lrs": summary[summary["recipe"] == row["recipe"]].to_dict("records"),
+            "runs_table": run_records(list(runs.index[runs["recipe"] == row["recipe"]]), runs),
+            "curves": made["curves"].get(row["recipe"]),
+        })
+    context = {
+        "study": study, "description": (study_config or {}).get("description"),
+        "pipeline_check": pipeline_check, "rows": rows, "sections": sections, "figures": made,
+        "verdicts": stats.VERDICTS,
+        "counts": pd.Series([r["verdict"] for r in rows]).value_counts().to_dict(),
+        "min_runs": stats.MIN_RUNS, "experiment": experiment_name(study),
+        "provenance": provenance(runs, metrics, study_config),
+        "study_dir": str(study_dir), "any_best_of": any(r["k"] > 1 for r in rows),
+    }
+    html = out / "index.html"
+    tmp = html.with_name(f".index.html.{os.getpid()}.tmp")
+    tmp.write_text(render(context), encoding="utf-8")
+    os.replace(tmp, html)
+    return html

@@ -1,0 +1,293 @@
+"""The real `snakemake` on a tiny study (2 recipes x 2 seeds x 1 learning rate, 1 epoch on 500
+images) in a temporary folder: outputs, MLflow through its Python API and through the REST API
+of a real `mlflow server`, the tables against the runs, reruns, and config validation."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from scipy import stats
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ["nielsen_ch6_fc100", "nielsen_ch1_fc100"]
+SEEDS = [1, 2]
+STUDY = "tiny"
+
+pytestmark = pytest.mark.slow
+
+
+def _env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # `mnistbench`
+    return {**env, **extra}
+
+
+def snakemake(workdir: Path, *args, check=True) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
+               "--directory", str(workdir), "--configfile", str(workdir / "config.yaml"),
+               "--cores", "2", *args]
+    result = subprocess.run(command, cwd=workdir, env=_env(), capture_output=True, text=True,
+                            timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+def write_config(workdir: Path, data_dir: Path, **study_overrides) -> None:
+    study = {"recipes": RECIPES, "seeds": SEEDS, "lr_factors": [1], "epochs": 1,
+             "train_subset": 500, **study_overrides}
+    config = {"study": STUDY, "data_dir": str(data_dir), "studies": {STUDY: study}}
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+def metrics_files(workdir: Path) -> list[Path]:
+    return sorted((workdir / "results" / STUDY / "runs").rglob("metrics.json"))
+
+
+def jobs_run(output: str) -> dict[str, int]:
+    """Snakemake's "Job stats" table -> {rule: count}."""
+    counts, in_table = {}, False
+    for line in output.splitlines():
+        if line.startswith("Job stats"):
+            in_table, counts = True, {}
+        elif in_table:
+            parts = line.split()
+            if len(parts) == 2 and parts[1].isdigit():
+                if parts[0] == "total":
+                    in_table = False
+                else:
+                    counts[parts[0]] = int(parts[1])
+    return counts
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, data_dir):
+    """The tiny study, run once by the real snakemake with MLflow's default local store."""
+    workdir = tmp_path_factory.mktemp("workflow")
+    write_config(workdir, data_dir)
+    result = snakemake(workdir)
+    return workdir, result
+
+
+def mlflow_runs(workdir: Path) -> list:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(f"mnistbench/{STUDY}")
+    assert experiment is not None, "no MLflow experiment mnistbench/tiny"
+    return client, client.search_runs([experiment.experiment_id])
+
+
+def test_all_outputs_exist(study):
+    workdir, result = study
+    jobs = jobs_run(result.stderr)  # (other rule files, e.g. the report, may add jobs of their own)
+    assert (jobs["train"], jobs["aggregate"], jobs.get("ensemble", 0)) == (4, 1, 0)
+    for name in ("runs.csv", "runs.parquet", "summary.csv"):
+        assert (workdir / "results" / STUDY / name).stat().st_size > 0
+    runs = metrics_files(workdir)
+    assert len(runs) == 4
+    for path in runs:
+        assert (path.parent / "model.pt").exists() and not (path.parent / "checkpoint.pt").exists()
+        metrics = json.loads(path.read_text())
+        assert metrics["status"] == "finished" and metrics["study"] == STUDY
+        assert "mlflow_error" not in metrics
+        lr, seed = path.parent.parent.name, path.parent.name
+        log = workdir / "logs" / STUDY / metrics["recipe"] / lr / f"{seed}.log"
+        assert "epoch 1/1" in log.read_text()
+    # MLflow's own default store, in the folder snakemake ran in (no MLFLOW_TRACKING_URI set)
+    assert (workdir / "mlflow.db").exists()
+
+
+def test_mlflow_python_api_holds_the_four_runs(study):
+    workdir, _ = study
+    client, runs = mlflow_runs(workdir)
+    assert len(runs) == 4
+    by_key = {r.data.tags["mnistbench.run_key"]: r for r in runs}
+    for path in metrics_files(workdir):
+        metrics = json.loads(path.read_text())
+        key = f"{STUDY}/{metrics['recipe']}/lr={metrics['lr']:g}/seed={metrics['seed']}"
+        run = by_key[key]
+        assert run.info.status == "FINISHED"
+        assert run.info.run_id == metrics["extra_state"]["mlflow_run_id"]
+        assert run.data.metrics["selected_accuracy"] == pytest.approx(metrics["selected_accuracy"])
+        history = client.get_metric_history(run.info.run_id, "test_accuracy")
+        assert [(m.step, m.value) for m in history] == [(1, pytest.approx(metrics["history"][0]["test_accuracy"]))]
+        assert client.get_metric_history(run.info.run_id, "val_accuracy")[0].value == \
+            pytest.approx(metrics["history"][0]["val_accuracy"])
+        assert run.data.params["lr"] == str(metrics["lr"])
+        assert run.data.params["train_images"] == "500"
+        assert run.data.params["epochs"] == "1"
+        tags = run.data.tags
+        assert tags["recipe"] == metrics["recipe"] and tags["seed"] == str(metrics["seed"])
+        assert tags["status"] == "finished" and tags["protocol"] == "nielsen"
+        assert tags["host"] and tags["device"] == "cpu" and "git_commit" in tags
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert artifacts == {"metrics.json", "model.pt"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url: str, payload: dict) -> dict:
+    request = urllib.request.Request(url, json.dumps(payload).encode(),
+                                     {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)
+
+
+@pytest.fixture
+def mlflow_server(study, tmp_path):
+    """A real `mlflow server` on 127.0.0.1, serving the study's SQLite store."""
+    workdir, _ = study
+    port = _free_port()
+    log = open(tmp_path / "server.log", "w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1", "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}"],
+        cwd=tmp_path, env=_env(), stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=5):
+                    break
+            except OSError:
+                if server.poll() is not None or time.time() > deadline:
+                    raise AssertionError(f"mlflow server did not start:\n{(tmp_path / 'server.log').read_text()[-3000:]}")
+                time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+def test_mlflow_rest_api_holds_the_four_finished_runs(study, mlflow_server):
+    workdir, _ = study
+    with urllib.request.urlopen(f"{mlflow_server}/api/2.0/mlflow/experiments/get-by-name"
+                                f"?experiment_name=mnistbench/{STUDY}", timeout=30) as response:
+        experiment_id = json.load(response)["experiment"]["experiment_id"]
+    found = _post(f"{mlflow_server}/api/2.0/mlflow/runs/search",
+                  {"experiment_ids": [experiment_id], "max_results": 100})["runs"]
+    assert len(found) == 4
+    assert {r["info"]["status"] for r in found} == {"FINISHED"}
+    expected = {json.loads(p.read_text())["extra_state"]["mlflow_run_id"]: json.loads(p.read_text())
+                for p in metrics_files(workdir)}
+    for run in found:
+        metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
+        result = expected[run["info"]["run_id"]]
+        assert metrics["selected_accuracy"] == pytest.approx(result["selected_accuracy"])
+        assert metrics["test_accuracy"] == pytest.approx(result["final_test_accuracy"])
+        assert {"train_loss", "val_accuracy", "wall_seconds"} <= set(metrics)
+
+
+def test_mlflow_sync_replays_into_a_server_and_a_fresh_store_without_duplicates(study, mlflow_server, tmp_path):
+    workdir, _ = study
+    results = tmp_path / "results"  # a copy: a replay rewrites the files' MLflow run ids
+    shutil.copytree(workdir / "results", results)
+    sync = [sys.executable, "-m", "mnistbench", "mlflow-sync", str(results)]
+
+    # The live-logged runs are recognised on the server: nothing to replay.
+    out = subprocess.run(sync, env=_env(MLFLOW_TRACKING_URI=mlflow_server), capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "4 up to date, 0 replayed, 0 failed" in out.stderr
+
+    fresh = f"sqlite:///{tmp_path / 'fresh.db'}"
+    out = subprocess.run(sync, env=_env(MLFLOW_TRACKING_URI=fresh), capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0 and "0 up to date, 4 replayed, 0 failed" in out.stderr, out.stderr
+    out = subprocess.run(sync, env=_env(MLFLOW_TRACKING_URI=fresh), capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0 and "4 up to date, 0 replayed, 0 failed" in out.stderr, out.stderr
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=fresh)
+    runs = client.search_runs([client.get_experiment_by_name(f"mnistbench/{STUDY}").experiment_id])
+    assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
+    for path in sorted(results.rglob("metrics.json")):
+        metrics = json.loads(path.read_text())
+        run = client.get_run(metrics["extra_state"]["mlflow_run_id"])  # the file points at its replay
+        assert run.data.metrics["selected_accuracy"] == pytest.approx(metrics["selected_accuracy"])
+        assert len(client.get_metric_history(run.info.run_id, "train_loss")) == len(metrics["history"])
+
+
+def test_tables_match_the_runs(study):
+    workdir, _ = study
+    runs = pd.read_csv(workdir / "results" / STUDY / "runs.csv")
+    assert pd.read_parquet(workdir / "results" / STUDY / "runs.parquet").shape == runs.shape
+    summary = pd.read_csv(workdir / "results" / STUDY / "summary.csv")
+    results = [json.loads(p.read_text()) for p in metrics_files(workdir)]
+    assert len(runs) == 4 and len(summary) == 2
+    assert sorted(runs["selected_accuracy"]) == sorted(r["selected_accuracy"] for r in results)
+    for _, row in summary.iterrows():
+        accuracies = [r["selected_accuracy"] for r in results if r["recipe"] == row["recipe"]]
+        n, mean = len(accuracies), sum(accuracies) / len(accuracies)
+        std = math.sqrt(sum((a - mean) ** 2 for a in accuracies) / (n - 1))
+        half = stats.t.ppf(0.975, n - 1) * std / math.sqrt(n)
+        published = next(r["published_accuracy"] for r in results if r["recipe"] == row["recipe"])
+        assert (row["runs"], row["finished"], row["diverged"]) == (2, 2, 0)
+        assert row["mean"] == pytest.approx(mean) and row["std"] == pytest.approx(std)
+        assert (row["ci95_low"], row["ci95_high"]) == (pytest.approx(mean - half), pytest.approx(mean + half))
+        assert (row["min"], row["max"]) == (min(accuracies), max(accuracies))
+        assert row["published_accuracy"] == published
+        assert row["diff_pp"] == pytest.approx(mean - published)
+
+
+def test_second_invocation_runs_nothing(study):
+    workdir, _ = study
+    result = snakemake(workdir)
+    assert "Nothing to be done" in result.stderr, result.stderr[-2000:]
+
+
+def test_removing_one_metrics_json_reruns_exactly_that_run(study):
+    workdir, _ = study
+    victim = metrics_files(workdir)[0]
+    others = {p: p.stat().st_mtime_ns for p in metrics_files(workdir) if p != victim}
+    victim.unlink()
+    result = snakemake(workdir)
+    jobs = jobs_run(result.stderr)
+    assert (jobs["train"], jobs["aggregate"], jobs.get("ensemble", 0)) == (1, 1, 0)
+    assert victim.exists()
+    assert {p: p.stat().st_mtime_ns for p in others} == others
+    _, runs = mlflow_runs(workdir)  # the rerun replaced its MLflow run instead of adding one
+    assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"bogus_key": 1}, "Additional properties are not allowed ('bogus_key' was unexpected)"),
+    ({"studies": {STUDY: {"recipes": ["nielsen_ch6_fc100"], "seeds": ["one"]}}}, "'one' is not of type 'integer'"),
+    ({"studies": {STUDY: {"recipes": ["nielsen_ch6_fc100"], "seeds": []}}}, "should be non-empty"),
+    ({"studies": {STUDY: {"recipes": ["nielsen_ch6_fc100"], "seeds": [1], "lr_factors": [-1]}}},
+     "-1 is less than or equal to the minimum of 0"),
+    ({"studies": {STUDY: {"recipes": ["no_such_net"], "seeds": [1]}}},
+     "unknown recipe(s) no_such_net; valid recipes (see 'mnistbench recipes'): nielsen_ch1_fc30"),
+    ({"study": "missing"}, "study 'missing' is not defined"),
+])
+def test_a_bad_config_stops_before_any_job_with_a_clear_message(tmp_path, data_dir, change, message):
+    config = {"study": STUDY, "data_dir": str(data_dir),
+              "studies": {STUDY: {"recipes": RECIPES, "seeds": SEEDS}}}
+    for key, value in change.items():
+        config[key] = value
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path, check=False)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr[-3000:]
+    assert not (tmp_path / "results").exists() and not (tmp_path / "logs").exists()

@@ -1,0 +1,48 @@
+# The replication report of a study: reports/<study>/index.html (self-contained) and its
+# figures as PNG and SVG. The figures (and the page) are marked for `snakemake --report`.
+
+import json
+from pathlib import Path
+
+REPORT_PAGE = "reports/{study}/index.html"
+
+
+report: "../report/workflow.rst"  # the front page of `snakemake --report report.html`
+
+
+rule report:
+    input:
+        runs=f"{RESULTS}/{{study}}/runs.csv",
+        summary=f"{RESULTS}/{{study}}/summary.csv",
+        metrics=lambda wildcards: study_outputs(wildcards.study),  # histories and configs
+    output:
+        page=report(REPORT_PAGE, caption="../report/page.rst", category="Replication report"),
+        figures=report(directory("reports/{study}/figures"), patterns=["{figure}.png"],
+                       caption="../report/figures.rst", category="Replication report",
+                       labels={"study": "{study}", "figure": "{figure}"}),
+        curves=report(directory("reports/{study}/learning_curves"), patterns=["{recipe}.png"],
+                      caption="../report/learning_curves.rst", category="Learning curves",
+                      labels={"study": "{study}", "recipe": "{recipe}"}),
+    log:
+        "logs/{study}/report.log",
+    params:
+        study_dir=lambda wildcards, input: Path(input.runs).parent,
+        out=lambda wildcards, output: Path(output.page).parent,
+        study_config=lambda wildcards: json.dumps(study_config(wildcards.study)),
+    threads: 1
+    resources:
+        mem_mb=2000,
+    shell:
+        "mnistbench report --study-dir {params.study_dir:q} --out {params.out:q} "
+        "--study-config {params.study_config:q} > {log:q} 2>&1"
+
+
+ALL_TARGETS.append(REPORT_PAGE.format(study=STUDY))
+
+
+onsuccess:
+    # The last thing `snakemake` (and so `make run`) prints: where to read the results.
+    page = Path(REPORT_PAGE.format(study=STUDY))
+    tables = Path(RESULTS, STUDY, "summary.csv")
+    if page.exists() and tables.exists() and page.stat().st_mtime >= tables.stat().st_mtime:
+        print(f"Replication report of study {STUDY}: {page.resolve()}")
