@@ -149,7 +149,9 @@ def make_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.SGD:
     groups = [{"params": decayed, "weight_decay": cfg.weight_decay}]
     if not_decayed:
         groups.append({"params": not_decayed, "weight_decay": 0.0})
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    # foreach: one multi-tensor kernel per update rule instead of a loop over parameters (torch
+    # picks it by default only on GPUs); the same arithmetic, measurably faster at mini-batch 10.
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, foreach=True)
 
 
 @torch.no_grad()
@@ -251,6 +253,10 @@ def train(recipe: Recipe, seed: int, *, device: str = "cpu", data: Splits | None
     data = data if data is not None else load_data(recipe, data_dir, device)
     cfg = resolve_config(recipe, seed, data, device)
     model = create(recipe.arch, cfg.init, seed).to(device)
+    if device.type == "cpu" and recipe.arch.convs:
+        # oneDNN's channels-last convolution and pooling kernels are 10-25% faster for these
+        # small maps (benchmarks/throughput.py); one-channel images need no conversion at all.
+        model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, cfg)
     loss_fn = LOSSES[cfg.loss]
     history: list[dict] = []

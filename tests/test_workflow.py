@@ -291,3 +291,21 @@ def test_a_bad_config_stops_before_any_job_with_a_clear_message(tmp_path, data_d
     assert result.returncode != 0
     assert message in result.stderr, result.stderr[-3000:]
     assert not (tmp_path / "results").exists() and not (tmp_path / "logs").exists()
+
+
+def test_batched_jobs_write_one_folder_and_one_mlflow_run_per_run(tmp_path, data_dir):
+    """batch_runs: true -> one train_batch_<recipe> job per recipe (seeds x lrs together), and
+    the same run folders, tables and MLflow runs as one job per run."""
+    write_config(tmp_path, data_dir, lr_factors=[1, 3])
+    result = snakemake(tmp_path, "--config", "batch_runs=true")
+    jobs = jobs_run(result.stderr)
+    jobs.pop("download", None)  # only where data_dir has no unpacked MNIST yet
+    assert jobs == {**{f"train_batch_{r}": 1 for r in RECIPES}, "aggregate": 1, "report": 1, "all": 1}
+    assert len(metrics_files(tmp_path)) == len(RECIPES) * len(SEEDS) * 2
+    runs = pd.read_csv(tmp_path / "results" / STUDY / "runs.csv")
+    assert (runs["status"] == "finished").all() and runs["mlflow_run_id"].nunique() == len(runs)
+    client, mlflow = mlflow_runs(tmp_path)
+    assert sorted(r.info.run_id for r in mlflow) == sorted(runs["mlflow_run_id"])
+    assert {r.info.status for r in mlflow} == {"FINISHED"}
+    assert all(len(client.get_metric_history(r.info.run_id, "test_accuracy")) == 1 for r in mlflow)
+    assert "Nothing to be done" in snakemake(tmp_path, "--config", "batch_runs=true").stderr
