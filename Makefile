@@ -25,6 +25,7 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 
 run: setup
 	$(BIN)/snakemake --cores $(CORES) all --config study=$(STUDY)
+	@echo "Replication report: $(abspath reports/$(STUDY)/index.html)"
 
 test: setup
 	$(BIN)/python -m pytest -ra

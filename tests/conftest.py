@@ -38,3 +38,36 @@ def _data_env(monkeypatch, request):
     """Point MNISTBENCH_DATA_DIR at the real files for every test that asks for data_dir."""
     if "data_dir" in request.fixturenames:
         monkeypatch.setenv("MNISTBENCH_DATA_DIR", str(request.getfixturevalue("data_dir")))
+
+
+SLURM_SHIM_ENV = "MNISTBENCH_TEST_NO_SCONTROL"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_slurm_controller_wait(tmp_path_factory):
+    """A `scontrol` that fails at once, first on PATH, for every test but the Slurm one.
+
+    snakemake-executor-plugin-slurm runs `scontrol show config` when Snakemake starts (any
+    executor). Where Slurm is installed but no controller runs (CI, between Slurm tests), that
+    call waits 10 s: about 30 Snakemake starts in this suite would wait 5 minutes for nothing.
+    tests/test_slurm.py takes this folder off PATH again (slurm_env below).
+    """
+    shim = tmp_path_factory.mktemp("no-scontrol")
+    (shim / "scontrol").write_text("#!/bin/sh\nexit 1\n")
+    (shim / "scontrol").chmod(0o755)
+    saved = {name: os.environ.get(name) for name in ("PATH", SLURM_SHIM_ENV)}
+    os.environ["PATH"] = f"{shim}{os.pathsep}{os.environ.get('PATH', '')}"
+    os.environ[SLURM_SHIM_ENV] = str(shim)
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+def slurm_env() -> dict:
+    """os.environ with the real `scontrol` back on PATH (see _no_slurm_controller_wait)."""
+    shim = os.environ.get(SLURM_SHIM_ENV)
+    path = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p != shim]
+    return {**os.environ, "PATH": os.pathsep.join(path)}

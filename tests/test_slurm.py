@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from conftest import slurm_env
 
 ROOT = Path(__file__).resolve().parents[1]
 SLURM = ROOT / "tests" / "slurm"
@@ -30,7 +31,7 @@ RECIPES = ["nielsen_ch1_fc30", "tutorial_cnn_nll"]
 
 def _slurm_answers() -> bool:
     try:
-        return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=10).returncode == 0
+        return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=10, env=slurm_env()).returncode == 0
     except (OSError, subprocess.SubprocessError):
         return False
 
@@ -40,7 +41,7 @@ def slurm_cluster():
     """A running single-node cluster; stopped afterwards if this fixture started it."""
     already_up = _slurm_answers()
     result = subprocess.run(["bash", str(SLURM / "start_local_slurm.sh")], capture_output=True,
-                            text=True, timeout=300)
+                            text=True, timeout=300, env=slurm_env())
     if result.returncode != 0:
         reason = (result.stderr.strip().splitlines() or ["start_local_slurm.sh failed"])[-1]
         if os.environ.get("MNISTBENCH_REQUIRE_SLURM") == "1":
@@ -48,7 +49,7 @@ def slurm_cluster():
         pytest.skip(f"no local Slurm cluster: {reason}")
     yield result.stdout.strip()
     if not already_up:
-        subprocess.run(["bash", str(SLURM / "stop_local_slurm.sh")], timeout=60)
+        subprocess.run(["bash", str(SLURM / "stop_local_slurm.sh")], timeout=60, env=slurm_env())
 
 
 def test_tiny_study_through_the_slurm_profile(slurm_cluster, data_dir, tmp_path):
@@ -59,9 +60,9 @@ def test_tiny_study_through_the_slurm_profile(slurm_cluster, data_dir, tmp_path)
     }
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(config))
     store = tmp_path / "mlflow.db"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store}",
+    env = {**slurm_env(), "MLFLOW_TRACKING_URI": f"sqlite:///{store}",
            # jobs run `mnistbench` and Snakemake from this environment (sbatch exports it)
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{slurm_env()['PATH']}"}
     command = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
                "--directory", str(tmp_path), "--configfile", str(tmp_path / "study.yaml"),
                "--profile", str(PROFILE),
