@@ -20,16 +20,20 @@ def _has_mnist(root: Path) -> bool:
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> Path:
-    """A data root holding MNIST/raw/*.gz: $MNISTBENCH_DATA_DIR, ./data, or a copy of ../shared."""
+    """A data root holding MNIST/raw/*.gz: $MNISTBENCH_DATA_DIR, ./data, or a copy of the files
+    in $MNISTBENCH_MNIST_MIRROR (CI sets it) or ../shared."""
     for candidate in (os.environ.get("MNISTBENCH_DATA_DIR"), ROOT / "data"):
         if candidate and _has_mnist(Path(candidate)):
             return Path(candidate).resolve()
-    if not all((SHARED_RAW / name).exists() for name in MNIST_FILES):
-        pytest.skip(f"MNIST not found: set MNISTBENCH_DATA_DIR or copy the four files to {ROOT / 'data/MNIST/raw'}")
+    mirrors = [Path(m) for m in (os.environ.get("MNISTBENCH_MNIST_MIRROR"), SHARED_RAW) if m]
+    mirror = next((m for m in mirrors if all((m / name).exists() for name in MNIST_FILES)), None)
+    if mirror is None:
+        pytest.skip(f"MNIST not found: set MNISTBENCH_MNIST_MIRROR or MNISTBENCH_DATA_DIR, or copy "
+                    f"the four files to {ROOT / 'data/MNIST/raw'}")
     root = tmp_path_factory.mktemp("mnist")
     (root / "MNIST" / "raw").mkdir(parents=True)
     for name in MNIST_FILES:
-        shutil.copy(SHARED_RAW / name, root / "MNIST" / "raw" / name)
+        shutil.copy(mirror / name, root / "MNIST" / "raw" / name)
     return root
 
 
