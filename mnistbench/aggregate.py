@@ -17,6 +17,9 @@ from .recipes import all_recipes
 
 PIPELINE_CHECK_NOTE = "pipeline check (tiny training subset, few epochs): not a replication"
 
+# A digit whose test recall stays below this (percent) was never learned by the run.
+UNLEARNED_RECALL = 50.0
+
 # runs.csv columns, in order. The report (mnistbench.report) relies on these names.
 RUN_COLUMNS = [
     "study", "recipe", "published_id", "protocol", "kind", "seed", "group", "lr", "published_lr",
@@ -24,14 +27,14 @@ RUN_COLUMNS = [
     "final_val_accuracy", "published_accuracy", "diff_pp", "epochs", "batch_size", "train_images",
     "train_subset", "weight_decay", "train_seconds", "eval_seconds", "wall_seconds",
     "images_per_second", "device", "device_name", "host", "git_commit", "mlflow_run_id",
-    "mlflow_error", "members", "note", "pipeline_check", "run_dir",
+    "mlflow_error", "members", "unlearned_digits", "note", "pipeline_check", "run_dir",
 ]
 
 SUMMARY_COLUMNS = [
     "study", "recipe", "published_id", "protocol", "lr", "published_lr", "lr_factor", "runs",
     "finished", "diverged", "mean", "std", "ci95_low", "ci95_high", "min", "max",
-    "published_accuracy", "diff_pp", "epochs", "train_images", "mean_train_seconds",
-    "pipeline_check", "note",
+    "published_accuracy", "diff_pp", "runs_with_unlearned_digit", "epochs", "train_images",
+    "mean_train_seconds", "pipeline_check", "note",
 ]
 
 
@@ -52,6 +55,16 @@ def _published_lr(recipe_id: str) -> float | None:
     if recipe.kind == "ensemble":
         recipe = all_recipes()[recipe.members]
     return recipe.lr
+
+
+def unlearned_digits(metrics: dict) -> str | None:
+    """The digits a run never learned (test recall < UNLEARNED_RECALL), as "9" or "0 3 8";
+    "none" when it learned all ten; None when the run has no per-digit recall."""
+    recall = metrics.get("test_recall_per_digit")
+    if recall is None:
+        return None
+    digits = [str(digit) for digit, r in enumerate(recall) if r < UNLEARNED_RECALL]
+    return " ".join(digits) or "none"
 
 
 def run_row(path: Path, metrics: dict, study: str | None = None) -> dict:
@@ -83,6 +96,7 @@ def run_row(path: Path, metrics: dict, study: str | None = None) -> dict:
         "mlflow_run_id": (metrics.get("extra_state") or {}).get("mlflow_run_id"),
         "mlflow_error": metrics.get("mlflow_error"),
         "members": ",".join(str(m.get("seed")) for m in metrics["members"]) if "members" in metrics else None,
+        "unlearned_digits": unlearned_digits(metrics),
         "note": metrics.get("note"), "pipeline_check": bool(metrics.get("pipeline_check")),
         "run_dir": str(path.parent),
     }
@@ -137,6 +151,8 @@ def _summary_row(group: pd.DataFrame) -> dict:
         "max": finished.max() if len(finished) else math.nan,
         "published_accuracy": published,
         "diff_pp": mean - published if pd.notna(published) else math.nan,
+        "runs_with_unlearned_digit": int(group["unlearned_digits"].notna().sum()
+                                         - (group["unlearned_digits"] == "none").sum()),
         "epochs": first["epochs"], "train_images": first["train_images"],
         "mean_train_seconds": group["train_seconds"].mean(),
         "pipeline_check": bool(group["pipeline_check"].any()), "note": "; ".join(notes) or None,

@@ -341,5 +341,5 @@ def train_batch(runs: Sequence[tuple[Recipe, int]], *, device: str = "cpu", data
             recipe, cfg, history=histories[i], status=status[i], train_seconds=train_seconds[i],
             eval_seconds=eval_seconds[i], test_predictions=predictions[i],
             final_model=final_models[i], extra_state={},
-            environment={**env, "batched_runs": len(runs)}))
+            environment={**env, "batched_runs": len(runs)}, test_labels=data.test_y))
     return results

@@ -338,12 +338,22 @@ def train(recipe: Recipe, seed: int, *, device: str = "cpu", data: Splits | None
     return run_result(recipe, cfg, history=history, status=status, train_seconds=train_seconds,
                       eval_seconds=eval_seconds, test_predictions=test_predictions,
                       final_model=model.state_dict(), extra_state=extra_state,
-                      environment=environment(device))
+                      environment=environment(device), test_labels=data.test_y)
+
+
+def recall_per_digit(predictions: torch.Tensor, labels: torch.Tensor) -> list[float]:
+    """Test recall of each digit 0-9 in percent. A run whose overall accuracy looks merely low
+    may have never learned one digit at all (a saturated sigmoid output neuron, say)."""
+    predictions, labels = predictions.cpu(), labels.cpu()  # a resumed run's come from the checkpoint
+    hits = torch.bincount(labels[predictions == labels], minlength=10)
+    counts = torch.bincount(labels, minlength=10)
+    return [round(100 * h / c, 2) for h, c in zip(hits.tolist(), counts.tolist())]
 
 
 def run_result(recipe: Recipe, cfg: RunConfig, *, history: list[dict], status: str,
                train_seconds: float, eval_seconds: float, test_predictions: torch.Tensor | None,
-               final_model: dict, extra_state: dict, environment: dict) -> dict:
+               final_model: dict, extra_state: dict, environment: dict,
+               test_labels: torch.Tensor) -> dict:
     """A finished run as the content of metrics.json (plus "final_model"); batched.py shares it."""
     selected, selected_epoch = select(history, cfg.selection, cfg.selection_split)
     finite = [h for h in history if h.get("test_accuracy") is not None]
@@ -362,6 +372,8 @@ def run_result(recipe: Recipe, cfg: RunConfig, *, history: list[dict], status: s
         "images_per_second": round(trained_images / train_seconds, 1) if train_seconds else None,
         "test_predictions": None if test_predictions is None
         else "".join(map(str, test_predictions.tolist())),
+        "test_recall_per_digit": None if test_predictions is None
+        else recall_per_digit(test_predictions, test_labels),
         "final_model": final_model,
         "extra_state": extra_state,
         "environment": environment,

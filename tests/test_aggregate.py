@@ -12,7 +12,13 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from mnistbench.aggregate import RUN_COLUMNS, SUMMARY_COLUMNS, collect_runs, summarize
+from mnistbench.aggregate import (
+    RUN_COLUMNS,
+    SUMMARY_COLUMNS,
+    collect_runs,
+    summarize,
+    unlearned_digits,
+)
 from mnistbench.cli import main
 from mnistbench.data import load_mnist
 from mnistbench.ensemble import plurality_vote, vote
@@ -149,6 +155,29 @@ def test_vote_of_five_real_runs(study_dir, data_dir):
     correct = sum(int(p == y) for p, y in zip(expected, labels.tolist()))
     assert result["status"] == "finished" and result["selected_accuracy"] == pytest.approx(correct / 100)
     assert [m["seed"] for m in result["members"]] == FC_SEEDS
+
+
+def test_per_digit_recall_and_unlearned_digits_come_from_the_predictions(study_dir, data_dir):
+    labels = load_mnist(str(data_dir))[3].tolist()
+    runs = collect_runs(study_dir).set_index("run_dir")
+    seen = Counter()
+    for path in sorted((study_dir / "runs" / "nielsen_ch1_fc100").rglob("metrics.json")):
+        metrics = load(path)
+        hits, totals = Counter(), Counter(labels)
+        for p, y in zip(metrics["test_predictions"], labels):
+            hits[y] += int(p) == y
+        recall = [round(100 * hits[d] / totals[d], 2) for d in range(10)]
+        assert metrics["test_recall_per_digit"] == recall
+        expected = " ".join(str(d) for d in range(10) if recall[d] < 50) or "none"
+        assert runs.loc[str(path.parent), "unlearned_digits"] == expected
+        seen[expected != "none"] += 1
+    row = summarize(collect_runs(study_dir)).set_index("recipe").loc["nielsen_ch1_fc100"]
+    assert row["runs_with_unlearned_digit"] == seen[True]
+    # the diverged runs have no predictions, hence no verdict on their digits
+    assert unlearned_digits({"test_recall_per_digit": None}) is None
+    assert unlearned_digits({"test_recall_per_digit": [99.0] * 9 + [49.9]}) == "9"
+    assert unlearned_digits({"test_recall_per_digit": [0.0, 60, 0.0] + [90.0] * 7}) == "0 2"
+    assert unlearned_digits({"test_recall_per_digit": [50.0] * 10}) == "none"
 
 
 def test_ensemble_with_fewer_than_five_runs_reports_not_enough_runs(tmp_path, data_dir, capsys):

@@ -24,7 +24,7 @@ import pandas as pd
 import pytest
 
 from mnistbench.cli import main
-from mnistbench.report import judge_recipes, load_metrics, load_tables
+from mnistbench.report import judge_recipes, load_metrics, load_tables, unlearned_note
 
 RECIPES = ["nielsen_ch1_fc100", "seed_dense_mse"]  # one architecture under both protocols
 SEEDS = [1, 2, 3]
@@ -92,6 +92,15 @@ def test_runs_that_changed_the_recipe_get_no_verdict(tiny_report):
         assert (row["n"], row["mean"], row["sd"]) == (3, line["mean"], line["std"])
         assert row["diff_pp"] == pytest.approx(line["mean"] - row["published"])
         assert len(row["run_index"]) == 3
+
+
+def test_runs_that_never_learned_a_digit_are_named_in_the_verdicts_reason():
+    runs = pd.DataFrame({"seed": [1, 2, 3], "unlearned_digits": pd.array(["9", "none", "0 3"], dtype="string")})
+    assert unlearned_note(runs) == ("2 of 3 runs never learned a digit (test recall below 50%): "
+                                    "digit 9 (seed 1), digits 0 3 (seed 3)")
+    assert unlearned_note(runs.iloc[[1]]) is None
+    assert unlearned_note(pd.DataFrame({"seed": [1], "unlearned_digits": pd.array([pd.NA], dtype="string")})) is None
+    assert unlearned_note(pd.DataFrame({"seed": [1]})) is None  # tables from before the column
 
 
 def test_report_without_tables_is_one_clear_error(tmp_path, capsys):

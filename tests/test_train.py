@@ -4,7 +4,15 @@ import pytest
 import torch
 
 from mnistbench.recipes import get_recipe
-from mnistbench.train import LOSSES, load_data, make_optimizer, resolve_config, select, train
+from mnistbench.train import (
+    LOSSES,
+    load_data,
+    make_optimizer,
+    recall_per_digit,
+    resolve_config,
+    select,
+    train,
+)
 
 
 def small(recipe_id, **overrides):
@@ -86,3 +94,9 @@ def test_losses_are_the_sources_costs():
     nll = -torch.log_softmax(z, 1)[torch.arange(2), y].mean()
     assert LOSSES["cross_entropy"](z, y).item() == pytest.approx(nll.item())
     assert math.isfinite(LOSSES["binary_cross_entropy"](z * 1e4, y).item())
+
+
+def test_recall_per_digit():
+    labels = torch.tensor([0, 0, 1, 1, 1, 1] + list(range(2, 10)))
+    predictions = torch.tensor([0, 5, 1, 1, 1, 7] + list(range(2, 9)) + [4])
+    assert recall_per_digit(predictions, labels) == [50.0, 75.0] + [100.0] * 7 + [0.0]
