@@ -7,7 +7,10 @@
 # Idempotent: a cluster it already started is reused. It writes /etc/slurm/slurm.conf (jobs'
 # srun reads only that path), sized from `slurmd -C` (this machine's real CPUs and memory),
 # with no accounting daemon: MinJobAge=300 keeps finished jobs visible to squeue for 5 minutes,
-# which the Snakemake executor's `--slurm-status-command squeue` needs.
+# which the Snakemake executor's `--slurm-status-command squeue` needs. The daemons it starts
+# begin with empty state (`slurmctld -c`), in spool folders of their own: a cluster killed
+# mid-job (a machine restored from a snapshot, a CI runner stopped) would otherwise recover its
+# dead jobs as still running on the node, and a new job would wait for CPUs that never free up.
 # It exits non-zero with one line saying why if Slurm cannot start here; it never overwrites a
 # slurm.conf it did not write.
 set -euo pipefail
@@ -29,7 +32,8 @@ if [ "$(id -u)" -ne 0 ]; then  # others can use a cluster that is up, but not st
     fi
     fail "must run as root to start munged, slurmctld and slurmd (no running cluster found)"
 fi
-mkdir -p "$STATE" "$LOGS" /var/spool/slurmctld /var/spool/slurmd /run/munge /var/lib/munge /var/log/munge
+SPOOL=/var/spool/mnistbench-slurm  # this test cluster's state, apart from a real cluster's
+mkdir -p "$STATE" "$LOGS" "$SPOOL/slurmctld" "$SPOOL/slurmd" /run/munge /var/lib/munge /var/log/munge
 
 # --- munge: the authentication every Slurm daemon and command uses ---------------------------
 if [ ! -s /etc/munge/munge.key ]; then
@@ -76,8 +80,8 @@ JobCompType=jobcomp/none
 MinJobAge=300
 ReturnToService=2
 SchedulerType=sched/backfill
-StateSaveLocation=/var/spool/slurmctld
-SlurmdSpoolDir=/var/spool/slurmd
+StateSaveLocation=$SPOOL/slurmctld
+SlurmdSpoolDir=$SPOOL/slurmd
 SlurmctldPidFile=/run/slurmctld.pid
 SlurmdPidFile=/run/slurmd.pid
 SlurmctldLogFile=$LOGS/slurmctld.log
@@ -100,16 +104,21 @@ if [ -n "$gres" ]; then
 fi
 
 # --- the daemons -----------------------------------------------------------------------------
-running() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# A daemon is running if its recorded pid is a live process; a killed daemon nobody reaped
+# (a zombie, common in containers whose init does not reap) still answers kill -0.
+alive() { [ -n "$(awk '$1 == "State:" && $2 != "Z"' "/proc/$1/status" 2>/dev/null)" ]; }
+running() { [ -s "$1" ] && alive "$(cat "$1")"; }
 if [ "$changed" = yes ] && running /run/slurmctld.pid; then
     scontrol reconfigure || true  # a cluster of ours from an earlier configuration
 fi
 if ! running /run/slurmctld.pid; then
-    slurmctld || fail "slurmctld did not start (see $LOGS/slurmctld.log)"
+    # -c: forget jobs and node states saved by an earlier cluster of ours that did not stop cleanly
+    slurmctld -c || fail "slurmctld did not start (see $LOGS/slurmctld.log)"
     touch "$STATE/slurmctld"
 fi
 if ! running /run/slurmd.pid; then
-    slurmd || fail "slurmd did not start (see $LOGS/slurmd.log)"
+    rm -rf "${SPOOL:?}/slurmd/"*  # job steps and credentials of a slurmd that did not stop cleanly
+    slurmd -c || fail "slurmd did not start (see $LOGS/slurmd.log)"
     touch "$STATE/slurmd"
 fi
 
@@ -129,6 +138,7 @@ case "$state" in
 esac
 # A real job end to end: submission, munge credentials, srun inside the allocation.
 if ! out=$(timeout 120 srun -N1 -n1 -t 1 hostname 2>&1); then
-    fail "a test job did not run: $(echo "$out" | tail -1)"
+    queue=$(squeue -h -o '%i %T %r' 2>/dev/null | tr '\n' ';')
+    fail "a test job did not run: $(echo "$out" | tail -1) (queue: ${queue:-empty}; see $LOGS/slurmctld.log)"
 fi
 echo "Slurm is up: node $node ($hardware), partition $PARTITION, $(sinfo --version)"

@@ -8,7 +8,10 @@ stop_pidfile() {  # stop one daemon by the pid it recorded, and wait until it is
     [ -s "$pidfile" ] || return 0
     pid=$(cat "$pidfile")
     kill "$pid" 2>/dev/null || return 0
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+    for _ in $(seq 100); do  # gone, or a zombie nobody reaps (containers): stopped either way
+        [ -n "$(awk '$1 == "State:" && $2 != "Z"' "/proc/$pid/status" 2>/dev/null)" ] || return 0
+        sleep 0.1
+    done
     echo "stop_local_slurm: pid $pid ($pidfile) did not stop" >&2
 }
 
