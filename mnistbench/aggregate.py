@@ -67,6 +67,12 @@ def unlearned_digits(metrics: dict) -> str | None:
     return " ".join(digits) or "none"
 
 
+def missed_a_digit(unlearned: pd.Series) -> pd.Series:
+    """Which runs of a runs.csv `unlearned_digits` column never learned some digit (a run
+    without per-digit recall counts as not known to have missed one)."""
+    return unlearned.notna() & (unlearned != "none")
+
+
 def run_row(path: Path, metrics: dict, study: str | None = None) -> dict:
     config = metrics.get("config") or {}
     env = metrics.get("environment") or {}
@@ -151,8 +157,7 @@ def _summary_row(group: pd.DataFrame) -> dict:
         "max": finished.max() if len(finished) else math.nan,
         "published_accuracy": published,
         "diff_pp": mean - published if pd.notna(published) else math.nan,
-        "runs_with_unlearned_digit": int(group["unlearned_digits"].notna().sum()
-                                         - (group["unlearned_digits"] == "none").sum()),
+        "runs_with_unlearned_digit": int(missed_a_digit(group["unlearned_digits"]).sum()),
         "epochs": first["epochs"], "train_images": first["train_images"],
         "mean_train_seconds": group["train_seconds"].mean(),
         "pipeline_check": bool(group["pipeline_check"].any()), "note": "; ".join(notes) or None,

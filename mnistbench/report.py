@@ -27,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import figures, stats
-from .aggregate import UNLEARNED_RECALL
+from .aggregate import UNLEARNED_RECALL, missed_a_digit
 from .recipes import all_recipes, published_table
 from .tracking import experiment_name
 
@@ -155,7 +155,7 @@ def unlearned_note(runs: pd.DataFrame) -> str | None:
     column = runs.get("unlearned_digits")
     if column is None:
         return None
-    failed = runs[column.notna() & (column != "none")]
+    failed = runs[missed_a_digit(column)]
     if failed.empty:
         return None
     detail = ", ".join(f"{'digits' if ' ' in str(d) else 'digit'} {d} (seed {int(s)})"

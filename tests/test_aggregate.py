@@ -16,6 +16,7 @@ from mnistbench.aggregate import (
     RUN_COLUMNS,
     SUMMARY_COLUMNS,
     collect_runs,
+    missed_a_digit,
     summarize,
     unlearned_digits,
 )
@@ -178,6 +179,9 @@ def test_per_digit_recall_and_unlearned_digits_come_from_the_predictions(study_d
     assert unlearned_digits({"test_recall_per_digit": [99.0] * 9 + [49.9]}) == "9"
     assert unlearned_digits({"test_recall_per_digit": [0.0, 60, 0.0] + [90.0] * 7}) == "0 2"
     assert unlearned_digits({"test_recall_per_digit": [50.0] * 10}) == "none"
+    # the summary counts runs that missed a digit: not those that learned all ten, nor the unknown
+    column = pd.Series(["9", "none", None, "0 3"], dtype="string")
+    assert missed_a_digit(column).tolist() == [True, False, False, True]
 
 
 def test_ensemble_with_fewer_than_five_runs_reports_not_enough_runs(tmp_path, data_dir, capsys):
