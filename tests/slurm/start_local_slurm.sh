@@ -17,7 +17,7 @@ set -euo pipefail
 
 CONF=/etc/slurm/slurm.conf
 MARKER="# written by mnistbench tests/slurm/start_local_slurm.sh"
-STATE=/run/mnistbench-slurm          # what this script started, for stop_local_slurm.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"  # STATE, alive
 LOGS=/var/log/slurm
 PARTITION=${MNISTBENCH_SLURM_PARTITION:-debug}
 
@@ -104,9 +104,6 @@ if [ -n "$gres" ]; then
 fi
 
 # --- the daemons -----------------------------------------------------------------------------
-# A daemon is running if its recorded pid is a live process; a killed daemon nobody reaped
-# (a zombie, common in containers whose init does not reap) still answers kill -0.
-alive() { [ -n "$(awk '$1 == "State:" && $2 != "Z"' "/proc/$1/status" 2>/dev/null)" ]; }
 running() { [ -s "$1" ] && alive "$(cat "$1")"; }
 if [ "$changed" = yes ] && running /run/slurmctld.pid; then
     scontrol reconfigure || true  # a cluster of ours from an earlier configuration

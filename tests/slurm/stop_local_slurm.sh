@@ -2,16 +2,13 @@
 # Stop the daemons that tests/slurm/start_local_slurm.sh started (and only those).
 set -uo pipefail
 
-STATE=/run/mnistbench-slurm
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"  # STATE, alive
 stop_pidfile() {  # stop one daemon by the pid it recorded, and wait until it is gone
     local pidfile=$1 pid
     [ -s "$pidfile" ] || return 0
     pid=$(cat "$pidfile")
     kill "$pid" 2>/dev/null || return 0
-    for _ in $(seq 100); do  # gone, or a zombie nobody reaps (containers): stopped either way
-        [ -n "$(awk '$1 == "State:" && $2 != "Z"' "/proc/$pid/status" 2>/dev/null)" ] || return 0
-        sleep 0.1
-    done
+    for _ in $(seq 100); do alive "$pid" || return 0; sleep 0.1; done
     echo "stop_local_slurm: pid $pid ($pidfile) did not stop" >&2
 }
 
