@@ -244,8 +244,9 @@ def _start_tracking(args, recipe, out: Path):
                       l2=recipe.l2, loss=recipe.loss, init=recipe.init, scaling=recipe.scaling,
                       expand=recipe.expand, train_subset=recipe.train_subset,
                       selection=recipe.selection, selection_split=recipe.selection_split,
+                      dropout_masks=recipe.dropout_masks, test_mode=recipe.test_mode,
                       protocol_code=recipe.protocol.code, arch=dataclasses.asdict(recipe.arch))
-    tags = {"recipe": recipe.id, "published_id": recipe.id, "seed": args.seed,
+    tags = {"recipe": recipe.id, "published_id": recipe.published_id, "seed": args.seed,
             "learning_rate": "none" if lr is None else f"{lr:g}",
             "protocol": recipe.protocol.family if recipe.protocol else "nielsen",
             "pipeline_check": bool(args.pipeline_check), "device": args.device}
@@ -268,7 +269,7 @@ def _run_baseline(recipe, args) -> dict:
     from .data import make_splits
     from .train import accuracy, environment, resolve_device
 
-    data = make_splits("nielsen", "raw", data_dir=args.data_dir)
+    data = make_splits("nielsen", recipe.scaling, data_dir=args.data_dir)
     t = time.perf_counter()
     predictions = BASELINES[recipe.id](data)
     acc = accuracy(predictions, data.test_y)

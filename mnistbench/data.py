@@ -114,23 +114,36 @@ class Splits:
                                           self.test_x, self.test_y)))
 
 
+# Pixel scalings: uint8 pixel k -> float. The book's mnist.pkl.gz stores k/256 (largest value
+# 255/256); torchvision's ToTensor(), which every published article number used, gives k/255;
+# "normalized" is the articles' repository after 2019-09-15 (ToTensor, then Normalize), a variant.
+PIXEL_SCALINGS = {
+    "k/256": "k/256, in [0, 255/256] (the book's mnist.pkl.gz)",
+    "k/255": "k/255, in [0, 1] (torchvision's ToTensor())",
+    "normalized": "ToTensor(), then normalised with mean 0.1305, sd 0.3081",
+}
+
+
 def scale(images: torch.Tensor, scaling: str) -> torch.Tensor:
-    """uint8 [N, 28, 28] -> float32 [N, 1, 28, 28]: raw [0, 1] (Nielsen) or normalised (articles)."""
+    """uint8 [N, 28, 28] -> float32 [N, 1, 28, 28] in one of PIXEL_SCALINGS."""
+    if scaling == "k/256":
+        return images.float().div_(256).unsqueeze(1)
     x = images.float().div_(255).unsqueeze(1)
     if scaling == "normalized":
         x = x.sub_(ARTICLE_MEAN).div_(ARTICLE_STD)
-    elif scaling != "raw":
-        raise ValueError(f"unknown pixel scaling {scaling!r}")
+    elif scaling != "k/255":
+        raise ValueError(f"unknown pixel scaling {scaling!r}; one of {', '.join(PIXEL_SCALINGS)}")
     return x
 
 
 def shifted_copies(x: torch.Tensor) -> torch.Tensor:
-    """Each image followed by its four one-pixel shifts (down, up, right, left), zero fill.
+    """Each image followed by its four one-pixel shifts (down, up, right, left), black fill.
 
-    x is [N, C, H, W]; the result is [5N, C, H, W] with the five versions of image i at rows
-    5i..5i+4. The row or column that a shift uncovers is set to 0, in whatever scaling x is in:
-    that is what both sources do (the book shifts raw pixels, so 0 is black; the articles shift
-    already-normalised tensors, so their fill is 0 in normalised units).
+    x is [N, H, W] uint8 pixels; the result is [5N, H, W] with the five versions of image i at
+    rows 5i..5i+4. The row or column that a shift uncovers is set to pixel 0 (black), as both
+    sources do: the book shifts its [0, 1] arrays, the articles their ToTensor() images. Shifting
+    before scaling keeps the fill black under every scaling (after normalisation, black is
+    -mean/sd, not 0).
     """
     down = torch.zeros_like(x)
     down[..., 1:, :] = x[..., :-1, :]
@@ -149,6 +162,7 @@ def make_splits(split: str, scaling: str, expand: bool = False, train_subset: in
 
     split: "nielsen" (first 50,000 train / last 10,000 validation / official test) or
     "official" (60,000 train / official test, no validation).
+    scaling: one of PIXEL_SCALINGS.
     train_subset: use only the first N training images of the split (before expansion).
     expand: append the four shifted copies of every training image (5x the images).
     shuffle_expanded: shuffle the expanded set once, with a fixed seed (the book's file).
@@ -167,11 +181,11 @@ def make_splits(split: str, scaling: str, expand: bool = False, train_subset: in
             raise DataError(f"--train-subset must be between 1 and {len(tx)} for the {split} "
                             f"split, got {train_subset}")
         tx, ty = tx[:train_subset], ty[:train_subset]
-    tx = scale(tx, scaling)
     if expand:
         tx, ty = shifted_copies(tx), ty.repeat_interleave(5)
         if shuffle_expanded:
             order = torch.randperm(len(tx), generator=torch.Generator().manual_seed(EXPANSION_SHUFFLE_SEED))
             tx, ty = tx[order], ty[order]
+    tx = scale(tx, scaling)
     return Splits(tx, ty.long(), vx, None if vy is None else vy.long(),
                   scale(test_images, scaling), test_labels.long())

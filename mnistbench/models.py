@@ -4,10 +4,11 @@ Every network here is "optional 5x5 conv + 2x2 max-pool blocks, then fully conne
 `Arch` names the few ways the book, the articles and the tutorials differ, and `build` turns it
 into a plain `nn.Sequential` that outputs logits (the output activation lives in the loss).
 
-Dropout masks come from a counter-based hash of (run seed, layer, step, element) rather than
-from torch's global generator. A mask is then a pure function of the run's seed and position in
+Dropout masks come from a counter-based hash of (stream, step, element) rather than from
+torch's global generator. A mask is then a pure function of the stream and the position in
 training, so a run gives the same masks whether it trains alone, stacked with 31 other runs under
-torch.func.vmap, or resumed from a checkpoint.
+torch.func.vmap, or resumed from a checkpoint. The stream is derived from the run seed and the
+layer ("independent" masks) or, as in the book's network3.py, from a constant ("shared").
 """
 
 from __future__ import annotations
@@ -127,10 +128,32 @@ def build(arch: Arch) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def seed_dropout(model: nn.Module, seed: int) -> None:
-    """Give every dropout layer its own mask stream, derived from the run seed."""
-    for layer_index, m in enumerate(x for x in model.modules() if isinstance(x, Dropout)):
-        m.rng[0] = int(_hash32(torch.tensor(seed * 7919 + layer_index)))
+# network3.dropout_layer seeds each layer's Theano stream with the same constant
+# (RandomState(0).randint(999999)), so every run draws the same mask sequence, and two dropout
+# layers whose masks have the same shape (the 10 x 1000 inputs of fc2 and of the softmax layer)
+# draw the same mask at every step. The "shared" policy models that: one stream per mask width,
+# whatever the run seed. (Theano's own random numbers cannot be reproduced in torch; which masks
+# are equal to which is what decides the book's behaviour, and that is kept.)
+SHARED_MASK_SEED = 999_999
+MASK_POLICIES = ("independent", "shared", "-")  # "-": the recipe has no dropout
+
+
+def seed_dropout(model: nn.Module, seed: int, masks: str = "independent") -> None:
+    """Give every dropout layer its mask stream: from the run seed and the layer's position
+    ("independent"), or from a constant and the layer's input width ("shared", network3.py)."""
+    if masks not in MASK_POLICIES:
+        raise ValueError(f"unknown dropout mask policy {masks!r}; one of {', '.join(MASK_POLICIES)}")
+    layers = list(model.children()) if isinstance(model, nn.Sequential) else list(model.modules())
+    dropouts = [(i, m) for i, m in enumerate(layers) if isinstance(m, Dropout)]
+    if masks == "-" and dropouts:
+        raise ValueError("a network with dropout needs a mask policy: independent or shared")
+    for layer_index, (position, m) in enumerate(dropouts):
+        if masks == "shared":
+            width = next(x.in_features for x in layers[position:] if isinstance(x, nn.Linear))
+            stream = SHARED_MASK_SEED * 7919 + width
+        else:
+            stream = seed * 7919 + layer_index
+        m.rng[0] = int(_hash32(torch.tensor(stream)))
         m.rng[1] = 0
 
 
@@ -171,13 +194,14 @@ def init_weights(model: nn.Sequential, scheme: str) -> None:
         layers[-1].bias.zero_()
 
 
-def create(arch: Arch, init: str, seed: int) -> nn.Sequential:
-    """Build and initialise a network; the seed alone decides its weights and dropout masks."""
+def create(arch: Arch, init: str, seed: int, masks: str = "independent") -> nn.Sequential:
+    """Build and initialise a network; the seed alone decides its weights (and, with
+    independent masks, its dropout masks)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build(arch)
         init_weights(model, init)
-    seed_dropout(model, seed)
+    seed_dropout(model, seed, masks)
     return model
 
 

@@ -3,16 +3,17 @@
 A recipe = architecture + protocol + hyperparameters + the published row it replicates.
 The published table (`published_results.csv`, shipped in the package) is the one source of the
 published numbers *and* of the hyperparameters printed beside them (activation, cost, learning
-rate, momentum, mini-batch, epochs, L2, training images, reported split, selection rule). This
-module adds only what the table cannot say: the layer structure and which code's protocol
-produced the number.
+rate, momentum, mini-batch, epochs, L2, training images, reported split, selection rule), in
+typed columns (pixels, best_of, best_chosen_by, selection_rule, l2_value, dropout_rate,
+dropout_masks, test_mode, printed_as) for everything code reads; the prose columns are notes.
+This module adds only what the table cannot say: the layer structure and which code's protocol
+produced the number, and the named variants that replicate a row under another reading.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
-import re
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -27,7 +28,6 @@ class Protocol:
     code: str  # the code that produced the number: network, network2, network3, articles, tutorial
     family: str  # "nielsen" or "pytorch"
     split: str  # "nielsen" (50k/10k/10k) or "official" (60k/10k)
-    scaling: str  # "raw" [0, 1] or "normalized" (mean 0.1305, std 0.3081)
     shuffle: bool  # reshuffle the training data every epoch
     drop_last: bool  # network3.py uses size // mini_batch batches; the others keep the remainder
     init: str  # see models.init_weights
@@ -37,29 +37,29 @@ class Protocol:
 
     def describe(self) -> str:
         return {
-            "network": "network.py: first 50,000 train / 10,000 validation, pixels in [0, 1], "
+            "network": "network.py: first 50,000 train / 10,000 validation, pixels k/256, "
                        "weights and biases N(0, 1), reshuffled every epoch",
-            "network2": "network2.py: first 50,000 train / 10,000 validation, pixels in [0, 1], "
+            "network2": "network2.py: first 50,000 train / 10,000 validation, pixels k/256, "
                         "reshuffled every epoch, L2 as weight decay lambda/n on weights only",
-            "network3": "network3.py: first 50,000 train / 10,000 validation, pixels in [0, 1], never "
+            "network3": "network3.py: first 50,000 train / 10,000 validation, pixels k/256, never "
                         "shuffled, softmax layer zero-initialised, L2 as weight decay "
                         "lambda/num_training_batches on weights only",
-            "articles": "PyTorch articles: all 60,000 train, reshuffled every epoch, PyTorch default "
-                        "init, weight_decay on all parameters",
-            "tutorial": "PyTorch tutorial: all 60,000 train, reshuffled every epoch, pixels in [0, 1], "
-                        "PyTorch default init",
+            "articles": "PyTorch articles: all 60,000 train, pixels k/255 (ToTensor), reshuffled "
+                        "every epoch, PyTorch default init, weight_decay on all parameters",
+            "tutorial": "PyTorch tutorial: all 60,000 train, pixels k/255 (ToTensor), reshuffled "
+                        "every epoch, PyTorch default init",
         }[self.code]
 
 
 PROTOCOLS = {
     p.code: p
     for p in [
-        Protocol("network", "nielsen", "nielsen", "raw", True, False, "network", "weights", "images"),
-        Protocol("network2", "nielsen", "nielsen", "raw", True, False, "network2", "weights", "images"),
-        Protocol("network3", "nielsen", "nielsen", "raw", False, True, "network3", "weights", "batches",
+        Protocol("network", "nielsen", "nielsen", True, False, "network", "weights", "images"),
+        Protocol("network2", "nielsen", "nielsen", True, False, "network2", "weights", "images"),
+        Protocol("network3", "nielsen", "nielsen", False, True, "network3", "weights", "batches",
                  shuffle_expanded_once=True),
-        Protocol("articles", "pytorch", "official", "normalized", True, False, "pytorch", "all", "none"),
-        Protocol("tutorial", "pytorch", "official", "raw", True, False, "pytorch", "all", "none"),
+        Protocol("articles", "pytorch", "official", True, False, "pytorch", "all", "none"),
+        Protocol("tutorial", "pytorch", "official", True, False, "pytorch", "all", "none"),
     ]
 }
 
@@ -80,10 +80,12 @@ class Recipe:
     kind: str  # "network", "ensemble" (vote of trained runs) or "baseline" (no training loop)
     source: str
     published_accuracy: float | None  # percent; None where the source printed none
+    published_id: str = ""  # the table row it replicates: its own id, or a variant's base row
+    variant: str = ""  # for a variant: how it differs from the published row's reading
     arch: Arch | None = None
     protocol: Protocol | None = None
     init: str | None = None
-    scaling: str | None = None
+    scaling: str | None = None  # pixel scaling, one of data.PIXEL_SCALINGS
     loss: str | None = None
     lr: float | None = None
     momentum: float = 0.0
@@ -95,6 +97,11 @@ class Recipe:
     train_images: int | None = None  # as published, after expansion
     selection: str | None = None  # "peak", "best_validation" or "final"
     selection_split: str = "test"  # split whose accuracy "peak" maximises
+    best_of: int = 1  # the published number is the best of this many runs...
+    best_chosen_by: str = "-"  # ...chosen by "validation" or "test" accuracy ("-": one run)
+    dropout_masks: str = "-"  # "shared": one mask stream for every run (network3); "independent"
+    test_mode: str = "eval"  # "train": tested with dropout active, as the wide tutorial was
+    printed_as: str = "rounded"  # "truncated": printed with %d, so "99" means 99.00-99.99
     members: str | None = None  # ensembles: the recipe whose runs vote
     notes: str = ""
 
@@ -131,8 +138,7 @@ _STRUCTURE: dict[str, tuple[str, Arch | None, dict]] = {
     "nielsen_ch6_double_fc1000": ("network3", Arch(**_NIELSEN_CONV, hidden=(1000, 1000)), {}),
     # network3's dropout: on the inputs of fc1, fc2 and the softmax layer, no rescaling in training.
     "nielsen_ch6_dropout": ("network3", Arch(**_NIELSEN_CONV, hidden=(1000, 1000), dropout=0.5), {}),
-    # The dense article shows only ToTensor(); the conv article's later version normalises.
-    "seed_dense_mse": ("articles", Arch(hidden=(100,)), dict(scaling="raw")),
+    "seed_dense_mse": ("articles", Arch(hidden=(100,)), {}),
     "seed_simple_conv": ("articles", Arch(convs=(20,), hidden=(100,)), {}),
     "seed_2conv": ("articles", Arch(**_NIELSEN_CONV, hidden=(100,)), {}),
     "seed_relu_wd01": ("articles", Arch(**_NIELSEN_CONV, hidden=(100,)), {}),
@@ -151,7 +157,28 @@ _STRUCTURE: dict[str, tuple[str, Arch | None, dict]] = {
 }
 _BASELINES = {"nielsen_ch1_darkness", "nielsen_ch1_svm"}
 _ENSEMBLES = {"nielsen_ch6_ensemble": "nielsen_ch6_dropout"}
-_SPLIT_SIZE = {"nielsen": 50_000, "official": 60_000}
+SPLIT_SIZE = {"nielsen": 50_000, "official": 60_000}
+
+# Named variants: a published row trained under another reading of its source. Each replicates
+# the same published number and is reported beside the faithful recipe, never instead of it.
+VARIANTS: dict[str, tuple[str, str, dict]] = {
+    # The articles' repository normalised its inputs only after the articles were published.
+    "seed_relu_wd01_normalized": ("seed_relu_wd01", "pixels normalised (mean 0.1305, sd 0.3081), "
+                                  "as the articles' repository does since 2019-09-15",
+                                  dict(scaling="normalized")),
+    # network3's constant-seeded masks vs a mask stream per run and per layer.
+    "nielsen_ch6_dropout_independent_masks": (
+        "nielsen_ch6_dropout", "independent dropout masks per run and per layer (network3 shares "
+        "one stream among all runs)", dict(dropout_masks="independent")),
+    "nielsen_ch6_ensemble_independent_masks": (
+        "nielsen_ch6_ensemble", "a vote of nielsen_ch6_dropout_independent_masks runs",
+        dict(members="nielsen_ch6_dropout_independent_masks", dropout_masks="independent")),
+    # The book's 60-epoch run continues an interpreter session that had called
+    # large_weight_initializer(); the default initialiser is introduced later in chapter 3.
+    "nielsen_ch3_fc100_ce_l2_60ep_large_init": (
+        "nielsen_ch3_fc100_ce_l2_60ep", "weights N(0, 1) (large_weight_initializer), the session "
+        "the book's text continues", dict(init="network")),
+}
 
 
 def published_table() -> list[dict[str, str]]:
@@ -160,48 +187,43 @@ def published_table() -> list[dict[str, str]]:
     return list(csv.DictReader(text.splitlines()))
 
 
-def _number(text: str) -> float:
-    """The first number in a cell such as 'weight_decay 5e-5' or '0.5 on inputs of fc1'."""
-    match = re.search(r"\d+(\.\d+)?(e-?\d+)?", text)
-    return float(match.group()) if match else 0.0
-
-
-def _selection(text: str) -> str:
-    for prefix, rule in [("peak", "peak"), ("test at best-validation", "best_validation"),
-                         ("final", "final")]:
-        if text.startswith(prefix):
-            return rule
-    raise ValueError(f"unknown selection rule {text!r}")
-
-
 def _recipe(row: dict[str, str]) -> Recipe:
-    common = dict(id=row["id"], source=row["source"],
-                  published_accuracy=float(row["published_accuracy_pct"]) if row["published_accuracy_pct"] else None)
+    common = dict(id=row["id"], published_id=row["id"], source=row["source"],
+                  published_accuracy=float(row["published_accuracy_pct"]) if row["published_accuracy_pct"] else None,
+                  printed_as=row["printed_as"], best_of=int(row["best_of"]),
+                  best_chosen_by=row["best_chosen_by"])
     if row["id"] in _BASELINES:
-        return Recipe(kind="baseline", selection="final", notes=row["network"], **common)
+        return Recipe(kind="baseline", selection="final", notes=row["network"],
+                      scaling=row["pixels"], **common)
     if row["id"] in _ENSEMBLES:
         return Recipe(kind="ensemble", members=_ENSEMBLES[row["id"]], selection="final",
-                      notes=row["network"], **common)
+                      dropout_masks=row["dropout_masks"], notes=row["network"], **common)
     code, arch, extra = _STRUCTURE[row["id"]]
     protocol = PROTOCOLS[code]
     arch = dataclasses.replace(arch, activation=row["activation"])
     train_images = int(row["train_images"])
-    expand = train_images > _SPLIT_SIZE[protocol.split]
+    expand = train_images > SPLIT_SIZE[protocol.split]
     base_images = train_images // 5 if expand else train_images
     return Recipe(
         kind="network", arch=arch, protocol=protocol, init=extra.get("init", protocol.init),
-        scaling=extra.get("scaling", protocol.scaling), loss=COSTS[row["cost"]],
+        scaling=row["pixels"], loss=COSTS[row["cost"]],
         lr=float(row["lr"]), momentum=float(row["momentum"]), batch_size=int(row["mini_batch"]),
-        epochs=int(row["epochs"]), l2=_number(row["l2"]), expand=expand,
-        train_subset=base_images if base_images < _SPLIT_SIZE[protocol.split] else None,
-        train_images=train_images, selection=_selection(row["selection"]),
-        selection_split=row["reported_split"], notes=row["network"], **common)
+        epochs=int(row["epochs"]), l2=float(row["l2_value"]), expand=expand,
+        train_subset=base_images if base_images < SPLIT_SIZE[protocol.split] else None,
+        train_images=train_images, selection=row["selection_rule"],
+        selection_split=row["reported_split"], dropout_masks=row["dropout_masks"],
+        test_mode=row["test_mode"], notes=row["network"], **common)
 
 
 @cache
 def all_recipes() -> dict[str, Recipe]:
-    """Every recipe, one per published row, keyed by its id (the published row's id)."""
-    return {row["id"]: _recipe(row) for row in published_table()}
+    """Every recipe, keyed by its id: one per published row (its id is the row's), then the
+    named variants (their published_id is the row they replicate)."""
+    recipes = {row["id"]: _recipe(row) for row in published_table()}
+    for variant_id, (base, description, changes) in VARIANTS.items():
+        recipes[variant_id] = dataclasses.replace(recipes[base], id=variant_id, variant=description,
+                                                  **changes)
+    return recipes
 
 
 class UnknownRecipe(KeyError):

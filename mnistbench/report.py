@@ -28,6 +28,7 @@ import pandas as pd
 
 from . import figures, stats
 from .aggregate import UNLEARNED_RECALL, missed_a_digit
+from .data import PIXEL_SCALINGS
 from .recipes import all_recipes, published_table
 from .tracking import experiment_name
 
@@ -51,6 +52,17 @@ L2_TEXT = {  # Protocol.l2_divisor
     "images": "lambda / n (n = training images), on weights only",
     "batches": "lambda / number of mini-batches per epoch, on weights only",
     "none": "PyTorch weight_decay as given, on weights and biases",
+}
+MASKS_TEXT = {  # Recipe.dropout_masks, models.seed_dropout
+    "-": "no dropout",
+    "shared": "one mask stream for every run, equal masks for equal-width layers (network3.py's "
+              "constant-seeded Theano streams)",
+    "independent": "a mask stream per run and per layer",
+}
+TEST_MODE_TEXT = {
+    "eval": "dropout off (eval mode)",
+    "train": "dropout active, as published (the notebook never calls net.eval()); the eval-mode "
+             "accuracy is recorded beside it",
 }
 REPORT_PACKAGES = ["pandas", "numpy", "scipy", "matplotlib", "seaborn", "jinja2", "mlflow", "snakemake"]
 CONFIG_HIDDEN = {"recipe", "published_id", "seed", "group", "members_recipe", "vote"}
@@ -172,17 +184,25 @@ def judge_recipes(runs: pd.DataFrame, summary: pd.DataFrame, metrics: dict[int, 
     recipes = all_recipes()
     rows = []
     for recipe_id in [r for r in recipes if r in set(summary["recipe"])]:
-        recipe, published_row = recipes[recipe_id], table[recipe_id]
+        recipe = recipes[recipe_id]
+        published_row = table[recipe.published_id]
         lines = summary[summary["recipe"] == recipe_id]
         at_lr = lines[at_published_lr(lines)]
         line = at_lr.iloc[0].to_dict() if len(at_lr) else {}  # summary.csv's row, if any
         index = list(runs.index[(runs["recipe"] == recipe_id) & at_published_lr(runs)])
-        k, k_note = stats.best_of_k(published_row["selection"])
+        k = recipe.best_of
+        k_note = (f"'{published_row['selection']}' names no number: judged as the best of {k}"
+                  if "several" in published_row["selection"] else "")
         published = recipe.published_accuracy
         n, mean, sd = int(line.get("finished", 0)), _number(line.get("mean")), _number(line.get("std"))
+        finished = runs.loc[index]
+        finished = finished[(finished["status"] == "finished") & finished["selected_accuracy"].notna()]
+        chooser = finished["selected_val_accuracy" if recipe.best_chosen_by == "validation"
+                           else "selected_accuracy"].tolist()
         judgement = stats.judge(
-            published, mean, sd, n, k=k,
-            half_width=stats.rounding_half_width(published_row["published_accuracy_pct"]),
+            published, mean, sd, n, k=k, chooser=chooser, values=finished["selected_accuracy"].tolist(),
+            printed=stats.printed_range(published_row["published_accuracy_pct"], recipe.printed_as)
+            if published is not None else None,
             pipeline_check=pipeline_check,
             settings_changed=settings_changed(recipe, [metrics[i].get("config") or {} for i in index]),
             deterministic=recipe.kind == "baseline")
@@ -207,7 +227,9 @@ def judge_recipes(runs: pd.DataFrame, summary: pd.DataFrame, metrics: dict[int, 
             "protocol": member.protocol.family if member.protocol else "nielsen",
             "published": published, "published_text": published_row["published_accuracy_pct"],
             "reported_split": published_row["reported_split"],
-            "selection_text": published_row["selection"], "k": k, "k_note": k_note,
+            "selection_text": stats.published_selection_text(recipe), "k": k, "k_note": k_note,
+            "best_chosen_by": recipe.best_chosen_by, "variant": recipe.variant,
+            "published_id": recipe.published_id, "printed_as": recipe.printed_as,
             "published_lr": member.lr, "runs": int(line.get("runs", 0)), "n": n,
             "diverged": int(line.get("diverged", 0)), "mean": mean, "sd": sd,
             "ci_low": _number(line.get("ci95_low")), "ci_high": _number(line.get("ci95_high")),
@@ -293,12 +315,15 @@ def protocol_notes(recipe, configs: list[dict]) -> list[tuple[str, str]]:
         ("protocol", f"{protocol.family} ({protocol.describe()})"),
         ("split", split + (f"; training data expanded 5x by 1-pixel shifts to {recipe.train_images:,} images"
                            if recipe.expand else "")),
-        ("pixels", "in [0, 1]" if recipe.scaling == "raw" else "normalised (mean 0.1305, sd 0.3081)"),
+        ("pixels", PIXEL_SCALINGS[recipe.scaling]),
         ("initialisation", INIT_TEXT[recipe.init]),
         ("L2 regularisation", l2),
         ("data order", "reshuffled every epoch" if protocol.shuffle else "never shuffled (fixed order)"),
         ("selection rule", SELECTION_TEXT[recipe.selection].format(split=recipe.selection_split)),
-    ]
+        ("dropout masks", MASKS_TEXT[recipe.dropout_masks]),
+        ("test-time mode", TEST_MODE_TEXT[recipe.test_mode]),
+        ("published number", stats.published_selection_text(recipe)),
+    ] + ([("variant", recipe.variant)] if recipe.variant else [])
 
 
 def run_records(indices: list[int], runs: pd.DataFrame) -> list[dict]:

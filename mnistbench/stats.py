@@ -14,11 +14,10 @@ new run's own spread. The mean, sd and the mean's confidence interval come from 
 
 from __future__ import annotations
 
+import itertools
 import math
-import re
 from dataclasses import dataclass
 
-import numpy as np
 from scipy import stats
 
 LEVEL = 0.95
@@ -60,66 +59,69 @@ def clip_percent(interval: tuple[float, float]) -> tuple[float, float]:
     return (max(low, 0.0), min(high, 100.0)) if not math.isnan(low) else interval
 
 
-def expected_max_normal(k: int) -> float:
-    """E[max of k independent standard normals]: 0 for k=1, 1/sqrt(pi) for 2, 3/(2 sqrt(pi)) for 3."""
-    if k == 1:
-        return 0.0
-    # E[max] = integral of x * k * pdf(x) * cdf(x)^(k-1) dx
-    from scipy import integrate
+def best_of_k_distribution(chooser: list[float], value: list[float], k: int) -> list[tuple[float, float]]:
+    """The exact distribution of "the value of the best of k runs" over all k-subsets of n runs.
 
-    value, _ = integrate.quad(lambda x: x * k * stats.norm.pdf(x) * stats.norm.cdf(x) ** (k - 1),
-                              -math.inf, math.inf)
-    return value
-
-
-def expected_best_of(mean: float, sd: float, k: int) -> float:
-    """The expected best of k runs, if runs are normal with this mean and sd (plug-in estimate)."""
-    return mean + expected_max_normal(k) * sd
-
-
-def best_of_interval(mean: float, sd: float, n: int, k: int, level: float = LEVEL,
-                     draws: int = 400_000, seed: int = 0) -> tuple[float, float]:
-    """Where the best of k new runs lies with probability `level`, from n runs (mean, sd).
-
-    The posterior predictive of the normal model under the usual reference prior, by simulation
-    with a fixed seed: draw the true sd (sigma^2 = (n-1) sd^2 / chi2(n-1)) and mean
-    (N(mean, sigma^2/n)), then k runs from N(true mean, sigma^2), and keep their maximum. For
-    k = 1 this is exactly the t prediction interval above; for k > 1 it allows for the
-    uncertainty of mean and sd the same way.
+    The book chose among its k runs by `chooser` (chapter 6: the validation accuracy at each
+    run's selected epoch) and reported that run's `value` (its test accuracy); where the runs were
+    chosen by the reported number itself, chooser is value. Each of the C(n, k) subsets is equally
+    likely; within a subset, runs tied on chooser share its weight. Returns (value, probability)
+    pairs, one per run that can win, in the runs' order.
     """
+    n = len(value)
+    if not 1 <= k <= n or len(chooser) != n:
+        raise ValueError(f"best of {k} needs at least {k} runs with a chooser each, got {n}")
+    weight = [0.0] * n
+    subsets = math.comb(n, k)
+    for subset in itertools.combinations(range(n), k):
+        best = max(chooser[i] for i in subset)
+        winners = [i for i in subset if chooser[i] == best]
+        for i in winners:
+            weight[i] += 1 / (subsets * len(winners))
+    return [(value[i], w) for i, w in enumerate(weight) if w > 0]
+
+
+def best_of_k_interval(chooser: list[float], value: list[float], k: int,
+                       level: float = LEVEL) -> tuple[float, float, float]:
+    """(low, high, expected): a 95% prediction interval for the best of k new runs.
+
+    Its centre and spread are the mean and sd of the exact best-of-k distribution above (the sd
+    corrected by n/(n-1), as a sample sd is); its width is the t prediction interval's,
+    t(0.975, n-1) * sd * sqrt(1 + 1/n), which allows for having only n runs. For k = 1 this is
+    exactly prediction_interval(mean, sd, n).
+    """
+    n = len(value)
     if n < 2:
-        return math.nan, math.nan
-    if k == 1:
-        return prediction_interval(mean, sd, n, level)
-    rng = np.random.default_rng(seed)
-    sigma = sd * np.sqrt((n - 1) / rng.chisquare(n - 1, draws))
-    mu = mean + sigma / math.sqrt(n) * rng.standard_normal(draws)
-    best = mu + sigma * rng.standard_normal((k, draws)).max(axis=0)
-    low, high = np.quantile(best, [0.5 - level / 2, 0.5 + level / 2])
-    return float(low), float(high)
+        return math.nan, math.nan, math.nan
+    distribution = best_of_k_distribution(chooser, value, k)
+    mean = sum(v * p for v, p in distribution)
+    var = sum(p * (v - mean) ** 2 for v, p in distribution) * n / (n - 1)
+    low, high = prediction_interval(mean, math.sqrt(var), n, level)
+    return low, high, mean
 
 
-def best_of_k(selection: str) -> tuple[int, str]:
-    """How many runs a published number is the best of, from the table's selection text.
-
-    "peak epoch; best of 3 runs" -> (3, ""). "best of several runs" names no number: taken as 3,
-    and the note says so. Anything else is a single run.
-    """
-    match = re.search(r"best of (\w+) runs", selection or "")
-    if not match:
-        return 1, ""
-    word = match.group(1)
-    if word.isdigit():
-        return int(word), ""
-    return 3, f"'best of {word} runs' names no number: judged as the best of 3"
+def published_selection_text(recipe) -> str:
+    """How the source selected its published number, in words (the table's typed columns)."""
+    epoch = {"peak": "the peak epoch of", "best_validation": "the best-validation epoch of",
+             "final": "the final epoch of"}.get(recipe.selection, "")
+    if recipe.best_of == 1:
+        return f"{epoch} a single run".strip()
+    by = {"validation": "the run with the best validation accuracy",
+          "test": "the run with the best reported (test) accuracy"}[recipe.best_chosen_by]
+    return f"{epoch} {by} among {recipe.best_of} runs".strip()
 
 
-def rounding_half_width(published_text: str) -> float:
-    """Half the last printed digit of a published number: '99' -> 0.5, '87.1' -> 0.05,
-    '95.42' -> 0.005. The true value lies within +- this of the printed one."""
+def printed_range(published_text: str, printed_as: str = "rounded") -> tuple[float, float]:
+    """The values a published number stands for. Rounded: +- half its last digit ('87.1' ->
+    87.05-87.15, '99' -> 98.5-99.5). Truncated (printed with %d): '99' -> 99.00-99.99..."""
     text = str(published_text).strip()
     decimals = len(text.split(".")[1]) if "." in text else 0
-    return 0.5 * 10.0 ** -decimals
+    value, step = float(text), 10.0 ** -decimals
+    if printed_as == "truncated":
+        return value, value + step
+    if printed_as != "rounded":
+        raise ValueError(f"unknown printing {printed_as!r}")
+    return value - step / 2, value + step / 2
 
 
 @dataclass(frozen=True)
@@ -133,13 +135,16 @@ class Judgement:
 
 
 def judge(published: float | None, mean: float, sd: float, n: int, *, k: int = 1,
-          half_width: float = 0.0, pipeline_check: bool = False, settings_changed: str = "",
-          deterministic: bool = False) -> Judgement:
+          chooser: list[float] | None = None, values: list[float] | None = None,
+          printed: tuple[float, float] | None = None, pipeline_check: bool = False,
+          settings_changed: str = "", deterministic: bool = False) -> Judgement:
     """The verdict for one published number, from the n finished runs at its learning rate.
 
-    published: the printed value (percent); half_width: its rounding (the published value counts
-    as consistent if any value that rounds to it is inside the interval). deterministic: a method
-    without randomness (the baselines): one run is the whole distribution, compared directly.
+    published: the printed value (percent); printed: the range of values it stands for (its
+    rounding; consistent if any of them is inside the interval). k > 1: the source reported the
+    best of k runs, chosen by `chooser` (one value per run; `values` are the runs' reported
+    accuracies): see best_of_k_interval. deterministic: a method without randomness (the
+    baselines): one run is the whole distribution, compared directly.
     """
     if published is None or (isinstance(published, float) and math.isnan(published)):
         return Judgement("no published number")
@@ -149,15 +154,21 @@ def judge(published: float | None, mean: float, sd: float, n: int, *, k: int = 1
         return Judgement("settings changed", reason=settings_changed)
     if deterministic and n >= 1:
         low = high = mean
-    elif n < MIN_RUNS:
+    elif n < max(MIN_RUNS, k):
+        need = f"a verdict needs {MIN_RUNS}" if k <= MIN_RUNS else f"the best of {k} needs {k}"
         return Judgement("not enough runs", k=k,
-                         reason=f"{n} finished run{'s' if n != 1 else ''}; a verdict needs {MIN_RUNS}")
+                         reason=f"{n} finished run{'s' if n != 1 else ''}; {need}")
+    elif k == 1:
+        low, high = clip_percent(prediction_interval(mean, sd, n))
     else:
-        low, high = clip_percent(best_of_interval(mean, sd, n, k))
-    expected = expected_best_of(mean, sd, k) if k > 1 and not deterministic else math.nan
-    if published - half_width > high:
+        low, high, expected = best_of_k_interval(chooser, values, k)
+        low, high = clip_percent((low, high))
+    if k == 1 or deterministic:
+        expected = math.nan
+    printed_low, printed_high = printed or (published, published)
+    if printed_low > high:
         verdict = "above"
-    elif published + half_width < low:
+    elif printed_high < low:
         verdict = "below"
     else:
         verdict = "consistent"

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from . import __version__
 from .data import Splits, make_splits
-from .models import advance_dropout, create, decayed_parameters
+from .models import Dropout, advance_dropout, create, decayed_parameters
 from .recipes import Recipe
 
 EVAL_BATCH = 1000
@@ -85,6 +85,8 @@ class RunConfig:
     train_images: int
     selection: str
     selection_split: str
+    dropout_masks: str
+    test_mode: str
     device: str
 
 
@@ -129,7 +131,8 @@ def resolve_config(recipe: Recipe, seed: int, data: Splits, device: torch.device
         init=recipe.init, split=recipe.protocol.split, scaling=recipe.scaling,
         shuffle=recipe.protocol.shuffle, drop_last=recipe.protocol.drop_last, expand=recipe.expand,
         train_subset=recipe.train_subset, train_images=n, selection=recipe.selection,
-        selection_split=recipe.selection_split, device=str(device))
+        selection_split=recipe.selection_split, dropout_masks=recipe.dropout_masks,
+        test_mode=recipe.test_mode, device=str(device))
 
 
 def epoch_order(seed: int, epoch: int, n: int, shuffle: bool, device) -> torch.Tensor | None:
@@ -155,11 +158,32 @@ def make_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.SGD:
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    model.eval()
-    predictions = torch.cat([model(chunk).argmax(1) for chunk in x.split(EVAL_BATCH)])
-    model.train()
-    return predictions
+def predict(model: torch.nn.Module, x: torch.Tensor, mode: str = "eval") -> torch.Tensor:
+    """Predicted digits, in chunks of 1,000 (the wide tutorial's test batch).
+
+    mode "train" evaluates with dropout active, as the wide tutorial's notebook did (it never
+    calls net.eval()): each chunk draws fresh masks, and the training mask stream is restored
+    afterwards, so evaluating never changes the masks training sees.
+    """
+    if mode == "eval":
+        model.eval()
+        predictions = torch.cat([model(chunk).argmax(1) for chunk in x.split(EVAL_BATCH)])
+        model.train()
+        return predictions
+    if mode != "train":
+        raise ValueError(f"unknown test mode {mode!r}")
+    dropouts = [m for m in model.modules() if isinstance(m, Dropout)]
+    saved = [m.rng.clone() for m in dropouts]
+    for m in dropouts:  # a stream apart from training's: step counters from -1 downwards
+        m.rng[1] = -1
+    predictions = []
+    for chunk in x.split(EVAL_BATCH):
+        predictions.append(model(chunk).argmax(1))
+        for m in dropouts:
+            m.rng[1] -= 1
+    for m, rng in zip(dropouts, saved):
+        m.rng.copy_(rng)
+    return torch.cat(predictions)
 
 
 def accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> float:
@@ -192,20 +216,38 @@ def select(history: list[dict], rule: str, split: str = "test") -> tuple[float |
     return chosen["test_accuracy"], chosen["epoch"]
 
 
+def _git(*args: str) -> str | None:
+    try:
+        return subprocess.run(["git", *args], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name ("AMD EPYC 7B13"), which platform.processor() leaves empty on Linux."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment(device: torch.device) -> dict:
     import torchvision
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
+    # The package's own uncommitted changes make the commit an incomplete description of the code.
+    changes = _git("status", "--porcelain", "--", ".")
     return {
         "mnistbench": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
         "python": platform.python_version(), "platform": platform.platform(),
-        "host": socket.gethostname(), "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(), "git_commit": commit,
+        "host": socket.gethostname(), "device": str(device), "cpu_model": cpu_model(),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
+        "threads": torch.get_num_threads(), "git_commit": _git("rev-parse", "HEAD") or None,
+        "git_dirty": None if changes is None else bool(changes),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
 
@@ -252,7 +294,7 @@ def train(recipe: Recipe, seed: int, *, device: str = "cpu", data: Splits | None
         configure_cuda()
     data = data if data is not None else load_data(recipe, data_dir, device)
     cfg = resolve_config(recipe, seed, data, device)
-    model = create(recipe.arch, cfg.init, seed).to(device)
+    model = create(recipe.arch, cfg.init, seed, cfg.dropout_masks).to(device)
     if device.type == "cpu" and recipe.arch.convs:
         # oneDNN's channels-last convolution and pooling kernels are 10-25% faster for these
         # small maps (benchmarks/throughput.py); one-channel images need no conversion at all.
@@ -314,8 +356,10 @@ def train(recipe: Recipe, seed: int, *, device: str = "cpu", data: Splits | None
         else:
             if data.val_x is not None:
                 entry["val_accuracy"] = accuracy(predict(model, data.val_x), data.val_y)
-            test_predictions = predict(model, data.test_x)
+            test_predictions = predict(model, data.test_x, cfg.test_mode)
             entry["test_accuracy"] = accuracy(test_predictions, data.test_y)
+            if cfg.test_mode != "eval":  # the published measurement, and the usual one beside it
+                entry["test_accuracy_eval_mode"] = accuracy(predict(model, data.test_x), data.test_y)
         eval_seconds += time.perf_counter() - t_eval
         entry["train_seconds"] = round(epoch_train_s, 3)
         entry["images_per_second"] = round(steps * cfg.batch_size / epoch_train_s, 1)
@@ -367,6 +411,7 @@ def run_result(recipe: Recipe, cfg: RunConfig, *, history: list[dict], status: s
         "selected_accuracy": selected, "selected_epoch": selected_epoch,
         "final_test_accuracy": finite[-1]["test_accuracy"] if finite else None,
         "final_val_accuracy": finite[-1].get("val_accuracy") if finite else None,
+        "final_test_accuracy_eval_mode": finite[-1].get("test_accuracy_eval_mode") if finite else None,
         "config": asdict(cfg), "history": history,
         "train_seconds": round(train_seconds, 3), "eval_seconds": round(eval_seconds, 3),
         "images_per_second": round(trained_images / train_seconds, 1) if train_seconds else None,

@@ -114,3 +114,50 @@ def test_inverted_and_channel_dropout():
     out = channel(torch.ones(50, 20, 4, 4))
     per_channel = out.flatten(2)
     assert torch.all(per_channel.min(2).values == per_channel.max(2).values)  # whole channels
+
+
+def _masks(model, x):
+    """The training-time masks of each dropout layer of model on input x, at the current step."""
+    masks = []
+    # feed each dropout layer ones, so that its output is its mask
+    ones = [m.register_forward_pre_hook(lambda m, inp: (torch.ones_like(inp[0]),))
+            for m in model if isinstance(m, Dropout)]
+    hooks = ones + [m.register_forward_hook(lambda m, inp, out: masks.append(out != 0))
+                    for m in model if isinstance(m, Dropout)]
+    model.train()
+    with torch.no_grad():
+        model(x)
+    for hook in hooks:
+        hook.remove()
+    return masks
+
+
+def test_book_dropout_masks_are_shared_by_runs_and_by_equal_width_layers():
+    """network3.dropout_layer seeds Theano's stream with a constant: every run draws the same
+    masks, and the two 10 x 1000 masks (inputs of fc2 and of the softmax layer) are equal."""
+    from mnistbench.models import advance_dropout
+    from mnistbench.recipes import get_recipe
+
+    book, independent = get_recipe("nielsen_ch6_dropout"), get_recipe("nielsen_ch6_dropout_independent_masks")
+    x = torch.rand(10, 1, 28, 28)
+    runs = [create(book.arch, book.init, seed, book.dropout_masks) for seed in (1, 2)]
+    for step in range(3):
+        one, two = (_masks(run, x) for run in runs)
+        assert len(one) == 3 and [m.shape[1] for m in one] == [640, 1000, 1000]
+        assert all(torch.equal(a, b) for a, b in zip(one, two))  # the same in both runs
+        assert torch.equal(one[1], one[2])  # fc2's input mask is the softmax input's
+        assert not torch.equal(one[0][:, :640], one[1][:, :640])
+        for run in runs:
+            advance_dropout(run)
+    assert not torch.equal(_masks(runs[0], x)[1], one[1])  # a new mask each step
+    # the variant: a stream per run and per layer
+    a, b = (_masks(create(independent.arch, independent.init, s, independent.dropout_masks), x)
+            for s in (1, 2))
+    assert not torch.equal(a[1], b[1]) and not torch.equal(a[1], a[2])
+    # the runs still differ: their weights come from the seed
+    assert not torch.equal(runs[0][0].weight, runs[1][0].weight)
+
+
+def test_a_dropout_net_needs_a_mask_policy():
+    with pytest.raises(ValueError, match="mask policy"):
+        create(Arch(hidden=(100,), dropout=0.5), "pytorch", 1, "-")

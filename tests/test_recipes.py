@@ -8,15 +8,40 @@ from mnistbench.recipes import UnknownRecipe, all_recipes, get_recipe, published
 SHARED_TABLE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "published_results.csv"
 
 
-def test_one_recipe_per_published_row():
+def test_one_recipe_per_published_row_then_the_variants():
     ids = [row["id"] for row in published_table()]
-    assert list(all_recipes()) == ids and len(ids) == len(set(ids)) == 32
+    assert len(ids) == len(set(ids)) == 32
+    recipes = all_recipes()
+    assert list(recipes)[:32] == ids
+    for recipe_id in list(recipes)[32:]:  # variants replicate a row under another reading
+        variant = recipes[recipe_id]
+        assert variant.variant and variant.published_id in ids and variant.published_id != recipe_id
+        assert variant.published_accuracy == recipes[variant.published_id].published_accuracy
 
 
-def test_packaged_table_is_the_reference_table():
+def test_packaged_table_is_the_reference_table_plus_typed_columns():
     if not SHARED_TABLE.exists():
         pytest.skip("the shared reference table is not next to this checkout")
-    assert list(csv.DictReader(SHARED_TABLE.open())) == published_table()
+    reference = list(csv.DictReader(SHARED_TABLE.open()))
+    assert [{k: row[k] for k in reference[0]} for row in published_table()] == reference
+
+
+def test_typed_columns_agree_with_the_prose():
+    """The typed columns code reads say what the prose columns say."""
+    for row in published_table():
+        text = row["selection"]
+        if row["best_chosen_by"] == "validation":
+            assert f"best-validation run of {row['best_of']}" in text
+        elif int(row["best_of"]) > 1:
+            assert "best of" in text
+        else:
+            assert "best" not in text
+        if row["l2_value"] not in ("", "0"):
+            assert row["l2_value"] in row["l2"]
+        if row["dropout_rate"] not in ("", "0"):
+            assert row["dropout_rate"] in row["dropout"]
+        assert row["pixels"] == ("-" if row["id"] == "nielsen_ch1_darkness" else
+                                 "k/256" if row["id"].startswith("nielsen") else "k/255")
 
 
 def test_published_numbers_and_hyperparameters_come_from_the_table():
@@ -64,7 +89,18 @@ def test_protocols_follow_protocols_md():
     assert get_recipe("nielsen_ch3_fc100_ce_l2").selection_split == "validation"
     seed = get_recipe("seed_relu")
     assert (seed.protocol.split, seed.scaling, seed.init, seed.protocol.decay, seed.selection) == (
-        "official", "normalized", "pytorch", "all", "final")
+        "official", "k/255", "pytorch", "all", "final")
+    assert get_recipe("seed_relu_wd01_normalized").scaling == "normalized"
+    assert get_recipe("nielsen_ch6_basic_conv").scaling == "k/256"
+    # how each published number was chosen
+    assert (ch6.best_of, ch6.best_chosen_by) == (3, "validation")
+    assert (get_recipe("nielsen_ch6_dropout").best_of, get_recipe("nielsen_ch1_fc100").best_of) == (5, 3)
+    assert get_recipe("nielsen_ch1_fc100").best_chosen_by == "test"  # no validation set in ch. 1
+    assert get_recipe("nielsen_ch6_dropout").dropout_masks == "shared"
+    assert get_recipe("nielsen_ch6_dropout_independent_masks").dropout_masks == "independent"
+    wide = get_recipe("tutorial_cnn_wide")
+    assert (wide.test_mode, wide.printed_as) == ("train", "truncated")
+    assert get_recipe("nielsen_ch3_fc100_ce_l2_60ep_large_init").init == "network"
     assert get_recipe("tutorial_cnn_nll").published_accuracy is None
     assert get_recipe("nielsen_ch6_ensemble").members == "nielsen_ch6_dropout"
 

@@ -1,7 +1,7 @@
 """The verdict and interval arithmetic of the report, against values computed by hand.
 
 Hand values: t(0.975, 2) = 4.302653, t(0.975, 4) = 2.776445, t(0.975, 9) = 2.262157 (tables);
-E[max of 2 standard normals] = 1/sqrt(pi), of 3 = 3/(2 sqrt(pi)).
+t(0.975, 3) = 3.182446.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import math
 
 import pandas as pd
 import pytest
-from scipy.stats import norm
 
 from mnistbench import stats
 from mnistbench.aggregate import RUN_COLUMNS, summarize
@@ -52,41 +51,81 @@ def test_summary_mean_sd_and_confidence_interval_the_report_uses():
     assert row["diff_pp"] == pytest.approx(97.2 - 95.42)
 
 
-def test_expected_best_of_k():
-    assert stats.expected_max_normal(1) == 0.0
-    assert stats.expected_max_normal(2) == pytest.approx(1 / math.sqrt(math.pi), abs=1e-9)
-    assert stats.expected_max_normal(3) == pytest.approx(3 / (2 * math.sqrt(math.pi)), abs=1e-9)
-    assert stats.expected_best_of(98.0, 0.1, 3) == pytest.approx(98.0846284, abs=1e-7)
+# Four runs as (validation, test) accuracy at their selected epochs. The best of 3, chosen as the
+# book chose (by validation), over the 4 subsets of 3 runs:
+#   {0,1,2} -> run 2 (val 99.0): 98.2    {0,1,3} -> run 1 (val 98.0): 98.5
+#   {0,2,3} -> run 2: 98.2               {1,2,3} -> run 2: 98.2
+# so 98.2 with probability 3/4 and 98.5 with 1/4: mean 98.275. Run 3 has the best test accuracy
+# but the worst validation accuracy, and is never chosen; the maximum of 3 test accuracies would
+# have been 98.5, 99.0, 99.0, 99.0 (mean 98.875): biased upward.
+VAL = [97.0, 98.0, 99.0, 96.0]
+TEST = [98.0, 98.5, 98.2, 99.0]
 
 
-def test_best_of_k_interval():
-    # k = 1 is exactly the t prediction interval
-    assert stats.best_of_interval(98.0, 0.1, 5, 1) == stats.prediction_interval(98.0, 0.1, 5)
-    # with (almost) no parameter uncertainty the best of 3 has P(max <= q) = Phi((q - mu)/sigma)^3,
-    # so its quantiles are mu + sigma * Phi^-1(p^(1/3)): 98 + 0.1 * (-0.5465, 2.3909)
-    expected = [98.0 + 0.1 * norm.ppf(p ** (1 / 3)) for p in (0.025, 0.975)]
-    assert stats.best_of_interval(98.0, 0.1, 10**7, 3) == pytest.approx(expected, abs=2e-3)
-    # few seeds: wider, because the mean and sd are uncertain
-    low, high = stats.best_of_interval(98.0, 0.1, 5, 3)
-    assert low < expected[0] and high > expected[1]
-    # a fixed seed: the same inputs always give the same interval
-    assert stats.best_of_interval(98.0, 0.1, 5, 3) == (low, high)
+def flat(distribution):
+    return [x for pair in distribution for x in pair]
 
 
-def test_reading_the_published_table():
-    assert stats.best_of_k("peak epoch; best of 3 runs") == (3, "")
-    assert stats.best_of_k("test at best-validation epoch; best of 3 runs") == (3, "")
-    k, note = stats.best_of_k("final epoch; best of several runs")
-    assert k == 3 and "several" in note
-    assert stats.best_of_k("final epoch; single run") == (1, "")
-    assert stats.rounding_half_width("99") == 0.5
-    assert stats.rounding_half_width("87.1") == pytest.approx(0.05)
-    assert stats.rounding_half_width("95.42") == pytest.approx(0.005)
+def test_best_of_k_chosen_by_validation_over_all_subsets():
+    assert flat(stats.best_of_k_distribution(VAL, TEST, 3)) == pytest.approx([98.5, 0.25, 98.2, 0.75])
+    # chosen by the test accuracy itself (chapter 1): the maximum of the three
+    by_test = stats.best_of_k_distribution(TEST, TEST, 3)
+    assert flat(by_test) == pytest.approx([98.5, 0.25, 99.0, 0.75])
+    # k = n: one subset; k = 1: every run once
+    assert stats.best_of_k_distribution(VAL, TEST, 4) == [(98.2, 1.0)]
+    assert flat(stats.best_of_k_distribution(VAL, TEST, 1)) == pytest.approx(flat((t, 0.25) for t in TEST))
+    # runs tied on validation share the subset's weight
+    assert stats.best_of_k_distribution([98.0, 98.0], [97.0, 99.0], 2) == [(97.0, 0.5), (99.0, 0.5)]
+    with pytest.raises(ValueError):
+        stats.best_of_k_distribution(VAL, TEST, 5)
+
+
+def test_best_of_k_interval_by_hand():
+    # mean 98.275; spread over subsets: 0.75 * 0.075^2 + 0.25 * 0.225^2 = 0.016875, times
+    # n/(n-1) = 4/3: 0.0225, sd 0.15; t(0.975, 3) = 3.182446; half width
+    # 3.182446 * 0.15 * sqrt(1 + 1/4) = 0.533712
+    low, high, expected = stats.best_of_k_interval(VAL, TEST, 3)
+    assert expected == pytest.approx(98.275)
+    assert (low, high) == pytest.approx((98.275 - 0.533712, 98.275 + 0.533712), abs=1e-5)
+    # k = 1 is exactly the one-run t prediction interval of the n runs
+    values = [97.9, 98.0, 98.1, 98.2, 97.8]
+    sd = pd.Series(values).std()
+    assert stats.best_of_k_interval(values, values, 1)[:2] == pytest.approx(
+        stats.prediction_interval(98.0, sd, 5))
+
+
+def test_best_of_k_verdict_uses_the_chooser():
+    # 98.9 is inside what the maximum of 3 test accuracies gives (mean 98.875), but above the
+    # best of 3 chosen by validation ([97.741, 98.809])
+    by_validation = stats.judge(98.9, 98.425, 0.4, 4, k=3, chooser=VAL, values=TEST)
+    by_test = stats.judge(98.9, 98.425, 0.4, 4, k=3, chooser=TEST, values=TEST)
+    assert (by_validation.verdict, by_test.verdict) == ("above", "consistent")
+    assert by_validation.expected_best == pytest.approx(98.275)
+    # fewer runs than k: no verdict
+    short = stats.judge(98.0, 98.0, 0.1, 4, k=5, chooser=VAL, values=TEST)
+    assert short.verdict == "not enough runs" and "best of 5 needs 5" in short.reason
+
+
+def test_printed_ranges():
+    assert stats.printed_range("99") == (98.5, 99.5)
+    assert stats.printed_range("87.1") == pytest.approx((87.05, 87.15))
+    assert stats.printed_range("95.42") == pytest.approx((95.415, 95.425))
+    # printed with %d (the wide tutorial): 99 stands for 99.00 to 99.99...
+    assert stats.printed_range("99", "truncated") == (99.0, 100.0)
+
+
+def test_selection_in_words():
+    from mnistbench.recipes import get_recipe
+
+    assert stats.published_selection_text(get_recipe("nielsen_ch6_dbl_conv")) == (
+        "the best-validation epoch of the run with the best validation accuracy among 3 runs")
+    assert stats.published_selection_text(get_recipe("seed_relu")) == "the final epoch of a single run"
 
 
 def test_verdicts_against_the_prediction_interval():
     # n = 5, mean 98, sd 0.1: the interval is [97.695856, 98.304144]
-    judge = lambda published, half=0.005: stats.judge(published, 98.0, 0.1, 5, half_width=half).verdict
+    judge = lambda published, half=0.005: stats.judge(
+        published, 98.0, 0.1, 5, printed=(published - half, published + half)).verdict
     assert judge(98.30) == "consistent"
     assert judge(98.31) == "above"  # 98.305 .. 98.315 lies wholly above 98.304144
     assert judge(98.3, half=0.05) == "consistent"  # printed with one decimal: 98.25 .. 98.35
@@ -97,17 +136,6 @@ def test_verdicts_against_the_prediction_interval():
     # no accuracy exceeds 100%: 99.8 +- 3.04 * 0.1 is reported as [99.495856, 100]
     assert stats.judge(99.9, 99.8, 0.1, 5).high == 100.0
     assert stats.judge(99.9, 99.8, 0.1, 5).low == pytest.approx(99.495856, abs=1e-6)
-
-
-def test_best_of_3_is_judged_against_the_best_of_3():
-    # n = 10, mean 98, sd 0.1: one run lies in [97.762743, 98.237257] (t(0.975, 9) = 2.262157);
-    # the best of 3 lies higher. 98.27 is luckier than one run but fine for the best of 3;
-    # 97.85 is a fine single run but low for the best of 3.
-    one = lambda published: stats.judge(published, 98.0, 0.1, 10, half_width=0.005).verdict
-    three = lambda published: stats.judge(published, 98.0, 0.1, 10, k=3, half_width=0.005).verdict
-    assert (one(98.27), three(98.27)) == ("above", "consistent")
-    assert (one(97.85), three(97.85)) == ("consistent", "below")
-    assert stats.judge(98.27, 98.0, 0.1, 10, k=3).expected_best == pytest.approx(98.0846284, abs=1e-7)
 
 
 def test_verdicts_without_a_replication_verdict():
@@ -125,7 +153,8 @@ def test_verdicts_without_a_replication_verdict():
 def test_deterministic_baselines_are_compared_directly():
     # one run is the whole distribution: equal to the printed digits or not
     def judge(published, replicated):
-        return stats.judge(published, replicated, math.nan, 1, half_width=0.005, deterministic=True).verdict
+        printed = (published - 0.005, published + 0.005)  # printed with two decimals
+        return stats.judge(published, replicated, math.nan, 1, printed=printed, deterministic=True).verdict
 
     assert judge(22.25, 22.25) == "consistent"
     assert judge(22.30, 22.25) == "above"

@@ -100,3 +100,29 @@ def test_recall_per_digit():
     labels = torch.tensor([0, 0, 1, 1, 1, 1] + list(range(2, 10)))
     predictions = torch.tensor([0, 5, 1, 1, 1, 7] + list(range(2, 9)) + [4])
     assert recall_per_digit(predictions, labels) == [50.0, 75.0] + [100.0] * 7 + [0.0]
+
+
+def test_wide_tutorial_is_tested_with_dropout_active(data_dir):
+    """The notebook never calls net.eval(): its 99% was measured with dropout on. The run
+    reports that measurement, and the eval-mode accuracy beside it."""
+    from mnistbench.models import create
+    from mnistbench.train import accuracy, predict
+
+    recipe = small("tutorial_cnn_wide", train_subset=200)
+    data = load_data(recipe)
+    data.test_x, data.test_y = data.test_x[:2000], data.test_y[:2000]  # the wide net is slow
+    result = train(recipe, seed=1, data=data)
+    entry = result["history"][-1]
+    model = create(recipe.arch, recipe.init, 1, recipe.dropout_masks)
+    model.load_state_dict(result["final_model"])
+    test_x, test_y = data.test_x, data.test_y
+    rng = [m.rng.clone() for m in model if hasattr(m, "rng")]
+    in_train_mode = accuracy(predict(model, test_x, "train"), test_y)
+    # evaluating leaves the masks of training as they were
+    assert all(torch.equal(a.rng, b) for a, b in zip([m for m in model if hasattr(m, "rng")], rng))
+    in_eval_mode = accuracy(predict(model, test_x), test_y)
+    assert entry["test_accuracy"] == result["selected_accuracy"] == in_train_mode
+    assert entry["test_accuracy_eval_mode"] == result["final_test_accuracy_eval_mode"] == in_eval_mode
+    assert in_train_mode != in_eval_mode
+    # other recipes are tested in eval mode and record no second accuracy
+    assert "test_accuracy_eval_mode" not in train(small("seed_dense_mse", train_subset=200), seed=1)["history"][0]

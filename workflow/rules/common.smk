@@ -78,6 +78,12 @@ def study_config(study):
     return config["studies"][study]
 
 
+def recipe_config(study, recipe_id):
+    """The study's settings for one recipe: its per_recipe entry over the study's own."""
+    spec = study_config(study)
+    return {**spec, **spec.get("per_recipe", {}).get(recipe_id, {})}
+
+
 def lr_label(lr):
     """The lr wildcard: `{:g}` of the learning rate, passed verbatim to `mnistbench train --lr`."""
     return f"{lr:g}"
@@ -90,8 +96,8 @@ def learning_rates(study, recipe_id):
         return ["none"]
     if recipe.kind == "ensemble":  # votes over its members' runs, at their learning rates
         recipe = RECIPES[recipe.members]
-    spec = study_config(study)
-    if "learning_rates" in spec:
+    spec = recipe_config(study, recipe.id)
+    if "learning_rates" in spec and "lr_factors" not in spec.get("per_recipe", {}).get(recipe.id, {}):
         rates = spec["learning_rates"]
     else:  # rounded so that e.g. 0.03 * 0.333333 is 0.01, not 0.00999999
         rates = [float(f"{recipe.lr * factor:.4g}") for factor in spec.get("lr_factors", [1])]
@@ -100,13 +106,13 @@ def learning_rates(study, recipe_id):
 
 def seeds(study, recipe_id):
     """Deterministic baselines run once (the first seed); everything else once per seed."""
-    chosen = study_config(study)["seeds"]
+    chosen = recipe_config(study, recipe_id)["seeds"]
     return chosen[:1] if RECIPES[recipe_id].kind == "baseline" else chosen
 
 
-def ensemble_groups(study):
+def ensemble_groups(study, recipe_id):
     """Seeds of the member runs, in sorted groups of five; one short group if there are fewer."""
-    chosen = sorted(study_config(study)["seeds"])
+    chosen = sorted(seeds(study, RECIPES[recipe_id].members))
     groups = [chosen[i:i + ENSEMBLE_SIZE] for i in range(0, len(chosen) - ENSEMBLE_SIZE + 1, ENSEMBLE_SIZE)]
     return groups or [chosen]  # the short group reports "not enough runs", never a number
 
@@ -125,7 +131,7 @@ def study_outputs(study):
     for recipe_id in study_config(study)["recipes"]:
         for lr in learning_rates(study, recipe_id):
             if RECIPES[recipe_id].kind == "ensemble":
-                groups = range(1, len(ensemble_groups(study)) + 1)
+                groups = range(1, len(ensemble_groups(study, recipe_id)) + 1)
                 outputs += [ensemble_metrics(study, recipe_id, lr, k) for k in groups]
             else:
                 outputs += [run_metrics(study, recipe_id, lr, s) for s in seeds(study, recipe_id)]
