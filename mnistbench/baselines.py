@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 import torch
 
-from .data import Splits
+from .data import Splits, make_splits
 
 
 def average_darkness(data: Splits) -> torch.Tensor:
@@ -31,3 +33,23 @@ def svm(data: Splits) -> torch.Tensor:
 
 
 BASELINES = {"nielsen_ch1_darkness": average_darkness, "nielsen_ch1_svm": svm}
+
+
+def run_baseline(recipe, seed: int, data_dir=None) -> dict:
+    """Run a baseline recipe on the book's data and return its record (metrics.json)."""
+    from .train import accuracy, environment, resolve_device
+
+    data = make_splits("nielsen", recipe.scaling, data_dir=data_dir)
+    started = time.perf_counter()
+    predictions = BASELINES[recipe.id](data)
+    acc = accuracy(predictions, data.test_y)
+    return {"schema": 1, "recipe": recipe.id, "published_id": recipe.published_id, "protocol": "nielsen",
+            "seed": seed, "lr": None, "status": "finished",
+            "published_accuracy": recipe.published_accuracy, "selected_accuracy": acc,
+            "selected_epoch": None, "final_test_accuracy": acc, "final_val_accuracy": None,
+            "config": {"recipe": recipe.id, "kind": "baseline", "seed": seed, "split": "nielsen",
+                       "scaling": recipe.scaling, "train_images": len(data.train_x)},
+            "history": [], "train_seconds": round(time.perf_counter() - started, 3), "eval_seconds": 0.0,
+            "images_per_second": None,
+            "test_predictions": "".join(map(str, predictions.tolist())),
+            "environment": environment(resolve_device("cpu"))}

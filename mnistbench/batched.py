@@ -79,7 +79,7 @@ class StackedRuns:
             graphs = device.type == "cuda" and os.environ.get("MNISTBENCH_CUDA_GRAPHS", "1") != "0"
         self.graphs = graphs and device.type == "cuda"
 
-        models = [create(recipe.arch, first.init, cfg.seed).to(device) for cfg in cfgs]
+        models = [create(recipe.arch, first.init, cfg.seed, first.dropout_masks).to(device) for cfg in cfgs]
         template = models[0]
         self.state_keys = list(template.state_dict())
         decayed_ids = {id(p) for p in decayed_parameters(template, first.decay)[0]}
@@ -199,20 +199,25 @@ class StackedRuns:
     # --- evaluation, divergence, results ----------------------------------------------------
 
     @torch.no_grad()
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """[K, N] predicted digits of every run, in eval mode (dropout off or rescaled).
+    def predict(self, x: torch.Tensor, mode: str = "eval") -> torch.Tensor:
+        """[K, N] predicted digits of every run, in eval mode (dropout off or rescaled) or, for
+        a recipe tested with dropout active, in train mode (train.predict's mask steps -1, -2...).
 
         One run at a time, in chunks of EVAL_BATCH like train.predict: evaluation is once an
         epoch, large batches are efficient without vmap, and each run's predictions are then
         computed exactly as its solo run computes them.
         """
-        self.base.eval()
+        self.base.train(mode == "train")
         try:
             runs = []
             for row in range(len(self)):
                 state = {n: t[row] for n, t in {**self.params, **self.buffers}.items()}
-                runs.append(torch.cat([functional_call(self.base, state, (chunk,)).argmax(1)
-                                       for chunk in x.split(EVAL_BATCH)]))
+                chunks = []
+                for i, chunk in enumerate(x.split(EVAL_BATCH)):
+                    for key in self.rng_keys if mode == "train" else ():
+                        state[key] = torch.stack([self.buffers[key][row, 0], state[key].new_tensor(-1 - i)])
+                    chunks.append(functional_call(self.base, state, (chunk,)).argmax(1))
+                runs.append(torch.cat(chunks))
             return torch.stack(runs)
         finally:
             self.base.train()
@@ -302,7 +307,8 @@ def train_batch(runs: Sequence[tuple[Recipe, int]], *, device: str = "cpu", data
         val = test = None
         if finite_rows:
             val = stack.predict(data.val_x) if data.val_x is not None else None
-            test = stack.predict(data.test_x)
+            test = stack.predict(data.test_x, first.test_mode)
+            test_eval_mode = stack.predict(data.test_x) if first.test_mode != "eval" else None
         eval_s = time.perf_counter() - t_eval
 
         for row, i in enumerate(active):
@@ -316,6 +322,8 @@ def train_batch(runs: Sequence[tuple[Recipe, int]], *, device: str = "cpu", data
                     entry["val_accuracy"] = accuracy(val[kept], data.val_y)
                 predictions[i] = test[kept]
                 entry["test_accuracy"] = accuracy(test[kept], data.test_y)
+                if test_eval_mode is not None:
+                    entry["test_accuracy_eval_mode"] = accuracy(test_eval_mode[kept], data.test_y)
             entry["train_seconds"] = round(epoch_s, 3)
             entry["images_per_second"] = round(batch_images / epoch_s, 1)
             histories[i].append(entry)

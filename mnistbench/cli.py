@@ -85,9 +85,13 @@ def cmd_recipes(args) -> None:
         published = f"{r.published_accuracy:.2f}" if r.published_accuracy is not None else "-"
         if r.kind == "network":
             what = (f"{r.protocol.code:<8} lr={r.lr:g} batch={r.batch_size} epochs={r.epochs} "
-                    f"images={r.train_images:,}")
+                    f"images={r.train_images:,} pixels={r.scaling}"
+                    + (f" masks={r.dropout_masks}" if r.dropout_masks != "-" else "")
+                    + (f" test_mode={r.test_mode}" if r.test_mode != "eval" else ""))
         else:
             what = f"{r.kind}: {r.notes}"
+        selected = f"best of {r.best_of} by {r.best_chosen_by}" if r.best_of > 1 else "one run"
+        what = f"{what}; published: {selected}" + (f"; variant of {r.published_id}" if r.variant else "")
         rows.append((r.id, published, what))
     if args.json:
         print(json.dumps([{"id": i, "published_accuracy": p, "summary": w} for i, p, w in rows], indent=1))
@@ -101,6 +105,7 @@ def cmd_recipes(args) -> None:
 def cmd_train(args) -> None:
     import torch
 
+    from .baselines import run_baseline
     from .data import DataError
     from .train import CheckpointError, train
 
@@ -118,7 +123,7 @@ def cmd_train(args) -> None:
     try:
         if recipe.kind == "baseline":
             tracker = _start_tracking(args, recipe, out)
-            result = _run_baseline(recipe, args)
+            result = run_baseline(recipe, args.seed, args.data_dir)
         else:
             recipe = recipe.with_overrides(lr=args.lr, epochs=args.epochs, train_subset=args.train_subset)
             tracker = _start_tracking(args, recipe, out)
@@ -264,27 +269,6 @@ def _finish_tracking(tracker, result: dict, out: Path) -> None:
         write_json(out / "metrics.json", result)
 
 
-def _run_baseline(recipe, args) -> dict:
-    from .baselines import BASELINES
-    from .data import make_splits
-    from .train import accuracy, environment, resolve_device
-
-    data = make_splits("nielsen", recipe.scaling, data_dir=args.data_dir)
-    t = time.perf_counter()
-    predictions = BASELINES[recipe.id](data)
-    acc = accuracy(predictions, data.test_y)
-    return {"schema": 1, "recipe": recipe.id, "published_id": recipe.id, "protocol": "nielsen",
-            "seed": args.seed, "lr": None, "status": "finished",
-            "published_accuracy": recipe.published_accuracy, "selected_accuracy": acc,
-            "selected_epoch": None, "final_test_accuracy": acc, "final_val_accuracy": None,
-            "config": {"recipe": recipe.id, "kind": "baseline", "seed": args.seed, "split": "nielsen",
-                       "train_images": len(data.train_x)},
-            "history": [], "train_seconds": round(time.perf_counter() - t, 3), "eval_seconds": 0.0,
-            "images_per_second": None,
-            "test_predictions": "".join(map(str, predictions.tolist())),
-            "environment": environment(resolve_device("cpu"))}
-
-
 def _write_run(out: Path, result: dict) -> None:
     """metrics.json last: its presence means the run is complete (Snakemake's output)."""
     import torch
@@ -419,9 +403,51 @@ def cmd_report(args) -> None:
     print(html.resolve())
 
 
+def cmd_progress(args) -> None:
+    import yaml
+
+    from .study import progress
+
+    try:
+        config = yaml.safe_load(Path(args.config).read_text()) or {}
+        spec = config["studies"][args.study]
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as err:
+        raise UsageError(f"cannot read study {args.study!r} from {args.config} ({err})") from None
+    results = args.results or config.get("results_dir", "results")
+    p = progress(spec, args.study, results)
+    if not args.quiet:
+        width = max(len(r["recipe"]) for r in p.rows)
+        print(f"{'recipe':<{width}}  runs  at published lr (needed)  core-h done  core-h left")
+        for r in p.rows:
+            mark = "ok" if r["enough"] else "  "
+            print(f"{r['recipe']:<{width}}  {r['finished']:>2}/{r['planned']:<2} {mark} "
+                  f"{r['at_published_lr']:>6} ({r['needed']})            {r['core_hours']:>6.2f}"
+                  f"       {r['core_hours_left']:>6.2f}")
+    print(f"{args.study}: {p.published_done}/{p.published_total} published numbers with enough runs; "
+          f"{p.runs_done}/{p.runs_planned} runs finished; {p.core_hours_done:.1f} core-hours done, "
+          f"about {p.core_hours_left:.1f} core-hours left")
+
+
+def cmd_audit(args) -> None:
+    from .audit import audit
+    from .record import RecordError
+
+    failed = 0
+    for path in args.records:
+        try:
+            result = audit(path, epochs=args.epochs, data_dir=args.data_dir,
+                           log=None if args.quiet else log)
+        except RecordError as err:
+            raise UsageError(str(err)) from None
+        print(result.summary(), flush=True)
+        failed += not result.identical
+    if failed:
+        raise SystemExit(1)
+
+
 COMMANDS = {"recipes": cmd_recipes, "train": cmd_train, "train-batch": cmd_train_batch, "download": cmd_download,
             "ensemble": cmd_ensemble, "aggregate": cmd_aggregate, "mlflow-sync": cmd_mlflow_sync,
-            "report": cmd_report}
+            "report": cmd_report, "progress": cmd_progress, "audit": cmd_audit}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -505,6 +531,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="*", default=["results"], metavar="PATH",
                    help="metrics.json files or folders to search (default: results)")
     p.add_argument("--dry-run", action="store_true", help="list what would be replayed")
+
+    p = sub.add_parser("progress", help="how far a study's record has come: published numbers with "
+                       "enough runs, core-hours done and left")
+    p.add_argument("--study", default="replication", help="the study (default: replication)")
+    p.add_argument("--config", default="config/config.yaml", help="the workflow config")
+    p.add_argument("--results", help="results folder (default: the config's results_dir)")
+    p.add_argument("--quiet", action="store_true", help="only the summary line")
+
+    p = sub.add_parser("audit", help="train recorded runs again and compare them with their "
+                       "records (exit status 1 if any differs)")
+    p.add_argument("records", nargs="+", metavar="METRICS_JSON", help="recorded runs' metrics.json")
+    p.add_argument("--epochs", type=_positive(int),
+                   help="compare only the first N epochs (a quick audit; default: the whole run)")
+    p.add_argument("--data-dir", help="MNIST root (default: $MNISTBENCH_DATA_DIR or ./data)")
+    p.add_argument("--quiet", action="store_true", help="no training progress output")
     return parser
 
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from . import __version__
 from .data import Splits, make_splits
 from .models import Dropout, advance_dropout, create, decayed_parameters
-from .recipes import Recipe
+from .recipes import SPLIT_SIZE, Recipe
 
 EVAL_BATCH = 1000
 PROGRESS_EVERY_S = 15.0  # mid-epoch progress lines on long epochs
@@ -121,18 +121,25 @@ def load_data(recipe: Recipe, data_dir=None, device="cpu") -> Splits:
                        p.shuffle_expanded_once, data_dir).to(device)
 
 
-def resolve_config(recipe: Recipe, seed: int, data: Splits, device: torch.device) -> RunConfig:
-    n = len(data.train_x)
+def planned_config(recipe: Recipe, seed: int, device, n_train: int | None = None) -> RunConfig:
+    """Everything that decides a run's numbers; n_train defaults to the images the recipe's data
+    has (its split or subset, 5x if expanded), so a record can be checked without loading data."""
+    if n_train is None:
+        n_train = (recipe.train_subset or SPLIT_SIZE[recipe.protocol.split]) * (5 if recipe.expand else 1)
     return RunConfig(
-        recipe=recipe.id, published_id=recipe.id, protocol=recipe.protocol.family,
+        recipe=recipe.id, published_id=recipe.published_id, protocol=recipe.protocol.family,
         protocol_code=recipe.protocol.code, seed=seed, lr=recipe.lr, epochs=recipe.epochs,
         batch_size=recipe.batch_size, momentum=recipe.momentum, l2=recipe.l2,
-        weight_decay=recipe.weight_decay(n), decay=recipe.protocol.decay, loss=recipe.loss,
+        weight_decay=recipe.weight_decay(n_train), decay=recipe.protocol.decay, loss=recipe.loss,
         init=recipe.init, split=recipe.protocol.split, scaling=recipe.scaling,
         shuffle=recipe.protocol.shuffle, drop_last=recipe.protocol.drop_last, expand=recipe.expand,
-        train_subset=recipe.train_subset, train_images=n, selection=recipe.selection,
+        train_subset=recipe.train_subset, train_images=n_train, selection=recipe.selection,
         selection_split=recipe.selection_split, dropout_masks=recipe.dropout_masks,
         test_mode=recipe.test_mode, device=str(device))
+
+
+def resolve_config(recipe: Recipe, seed: int, data: Splits, device: torch.device) -> RunConfig:
+    return planned_config(recipe, seed, device, len(data.train_x))
 
 
 def epoch_order(seed: int, epoch: int, n: int, shuffle: bool, device) -> torch.Tensor | None:

@@ -158,3 +158,15 @@ def test_cuda_graphs_give_the_eager_and_the_solo_results(data_dir):
     for (recipe, seed), g, e in zip(runs, graphed, eager):
         assert_same_run(g, e)
         assert_same_run(g, train(recipe, seed, device="cuda", data=data))
+
+
+def test_wide_tutorial_batched_is_tested_with_dropout_active_like_its_solo_run(data_dir):
+    recipe = get_recipe("tutorial_cnn_wide").with_overrides(epochs=1, train_subset=100)
+    data = load_data(recipe)
+    data.test_x, data.test_y = data.test_x[:1500], data.test_y[:1500]  # two evaluation chunks
+    batched = train_batch([(recipe, 1), (recipe.with_overrides(lr=0.02), 2)], data=data)
+    for result, (r, seed) in zip(batched, [(recipe, 1), (recipe.with_overrides(lr=0.02), 2)]):
+        solo = train(r, seed, data=data)
+        assert result["test_predictions"] == solo["test_predictions"]
+        assert result["history"][0]["test_accuracy_eval_mode"] == solo["history"][0]["test_accuracy_eval_mode"]
+        assert result["history"][0]["test_accuracy"] != result["history"][0]["test_accuracy_eval_mode"]

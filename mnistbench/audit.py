@@ -1,0 +1,141 @@
+"""Audit a recorded run: train it again from its record and compare, epoch by epoch.
+
+On the same kind of CPU with the same torch, a run is bit-identical to its record (one seed
+decides everything, through counters: docs/protocols.md). Elsewhere, floating-point kernels may
+add in another order; the audit then prints the largest difference instead of a verdict of
+"identical". An ensemble is audited by voting its members' recorded predictions again; a
+baseline by running it again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .record import read_record
+
+TIMING = {"train_seconds", "images_per_second"}  # per-epoch keys that measure the machine
+
+
+@dataclass
+class Audit:
+    path: str
+    epochs: int  # epochs compared
+    identical: bool
+    differences: dict[str, float] = field(default_factory=dict)  # what differs: the largest |delta|
+    config_changes: dict[str, tuple] = field(default_factory=dict)  # recorded vs the recipe today
+    recorded_on: str = ""
+    audited_on: str = ""
+
+    def summary(self) -> str:
+        where = f"recorded on {self.recorded_on}; audited on {self.audited_on}"
+        if self.config_changes:
+            changes = ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in
+                                ((k, *v) for k, v in self.config_changes.items()))
+            return f"{self.path}: STALE: the recipe resolves differently today ({changes})"
+        if self.identical:
+            return f"{self.path}: bit-identical over {self.epochs} epoch(s) ({where})"
+        diffs = ", ".join(f"{k} {v:.3g}" for k, v in self.differences.items())
+        return f"{self.path}: DIFFERS over {self.epochs} epoch(s): largest differences {diffs} ({where})"
+
+
+def _machine(environment: dict) -> str:
+    return f"{environment.get('cpu_model') or environment.get('device_name')}, torch {environment.get('torch')}"
+
+
+def compare(record: dict, again: dict, epochs: int) -> dict[str, float]:
+    """The largest difference of each compared quantity between a record and its retraining."""
+    differences: dict[str, float] = {}
+
+    def note(key: str, a, b) -> None:
+        if a != b:
+            delta = abs(a - b) if isinstance(a, (int, float)) and isinstance(b, (int, float)) else float("inf")
+            differences[key] = max(differences.get(key, 0.0), delta)
+
+    old, new = record.get("history") or [], again.get("history") or []
+    if len(new) < epochs or len(old) < epochs:
+        differences["epochs"] = abs(len(old) - len(new))
+    for a, b in zip(old[:epochs], new[:epochs]):
+        for key in sorted((set(a) | set(b)) - TIMING):
+            note(key, a.get(key), b.get(key))
+    if epochs == len(old):  # the whole run: its final predictions and selection too
+        for key in ("status", "selected_accuracy", "selected_epoch", "final_test_accuracy"):
+            note(key, record.get(key), again.get(key))
+        if record.get("test_predictions") != again.get("test_predictions"):
+            flips = sum(x != y for x, y in zip(record.get("test_predictions") or "",
+                                               again.get("test_predictions") or ""))
+            differences["test_predictions"] = flips
+    return differences
+
+
+def config_changes(record: dict, today: dict) -> dict[str, tuple]:
+    """Keys of the resolved run configuration whose value today differs from the record's."""
+    recorded = record.get("config") or {}
+    skip = {"device", "published_id"}  # where it ran, and which row it is filed under
+    return {k: (recorded.get(k), today.get(k)) for k in sorted(set(recorded) | set(today))
+            if k not in skip and recorded.get(k) != today.get(k)}
+
+
+def audit(path: str | Path, *, epochs: int | None = None, data_dir=None,
+          log=None) -> Audit:
+    """Retrain the run recorded at `path` (its first `epochs` epochs, default all) and compare."""
+    from dataclasses import asdict
+
+    import torch
+
+    from .recipes import get_recipe
+    from .train import environment, planned_config, train
+
+    record = read_record(path)
+    recipe = get_recipe(record["recipe"])
+    # the thread count decides how some kernels split their sums: train as the run trained
+    torch.set_num_threads((record.get("environment") or {}).get("threads") or torch.get_num_threads())
+    here = _machine(environment(torch.device("cpu")))
+    recorded_on = _machine(record.get("environment") or {})
+    if recipe.kind == "ensemble":
+        return _audit_ensemble(path, record, recipe, data_dir, recorded_on, here)
+    if recipe.kind == "baseline":
+        from .baselines import run_baseline
+
+        again = run_baseline(recipe, record.get("seed"), data_dir)
+        differences = {} if again["test_predictions"] == record.get("test_predictions") else {
+            "selected_accuracy": abs(again["selected_accuracy"] - record["selected_accuracy"])}
+        return Audit(str(path), 0, not differences, differences, {}, recorded_on, here)
+    cfg = record["config"]
+    recipe = recipe.with_overrides(lr=cfg["lr"], epochs=cfg["epochs"], train_subset=cfg.get("train_subset"))
+    changes = config_changes(record, asdict(planned_config(recipe, record["seed"], cfg.get("device", "cpu"))))
+    recorded_epochs = len(record.get("history") or [])
+    epochs = min(epochs or recorded_epochs, recorded_epochs)
+    if changes:
+        return Audit(str(path), epochs, False, {}, changes, recorded_on, here)
+    again = train(recipe.with_overrides(epochs=epochs), record["seed"], device="cpu",
+                  data_dir=data_dir, log=log)
+    if epochs < recorded_epochs:  # a prefix: the history of the shorter run, nothing final
+        again["history"] = again["history"][:epochs]
+    differences = compare(record, again, epochs)
+    return Audit(str(path), epochs, not differences, differences, {}, recorded_on, here)
+
+
+def _audit_ensemble(path, record, recipe, data_dir, recorded_on, here) -> Audit:
+    """Vote the members' recorded predictions again and compare with the recorded vote."""
+    from .data import load_mnist
+    from .ensemble import vote
+
+    members = [(m["metrics"], read_record(_member_path(path, m["metrics"]))) for m in record["members"]]
+    test_labels = load_mnist(None if data_dir is None else str(data_dir))[3]
+    again = vote(recipe, members, record.get("group") or 1, test_labels)
+    differences = {}
+    for key in ("selected_accuracy", "test_predictions", "status"):
+        if again.get(key) != record.get(key):
+            differences[key] = float("inf") if key != "selected_accuracy" else abs(
+                (again.get(key) or 0) - (record.get(key) or 0))
+    return Audit(str(path), 0, not differences, differences, {}, recorded_on, here)
+
+
+def _member_path(ensemble_path, member: str) -> Path:
+    """A member's metrics.json as the ensemble recorded it (relative to the checkout), or next to
+    the ensemble's folder when the record moved (a clone elsewhere)."""
+    if Path(member).exists():
+        return Path(member)
+    parts = Path(member).parts
+    return Path(ensemble_path).parents[2] / Path(*parts[-4:])

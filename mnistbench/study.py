@@ -1,0 +1,164 @@
+"""Studies: a grid of recipes x learning rates x seeds (config/config.yaml), the runs it plans,
+and how far its record has come (`mnistbench progress`).
+
+The workflow (workflow/rules/common.smk) expands a study into jobs with these functions, so the
+runs Snakemake trains and the runs `progress` counts are one list.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from .ensemble import SIZE as ENSEMBLE_SIZE
+from .recipes import SPLIT_SIZE, all_recipes
+from .record import RecordError, core_seconds, find_records, is_finished, lr_label, read_record, run_dir
+from .stats import MIN_RUNS
+
+# Training images per second of one single-thread `mnistbench train` job on this project's 2-core
+# CPU (docs/performance.md), for recipes without a finished run to measure from. Keyed by what
+# decides the cost: the architecture's widths.
+NOMINAL_RATES = {
+    "dense": 20_000,  # fully connected nets
+    "conv20": 9_800,  # one conv layer
+    "conv20-40": 7_000,  # two conv layers, fc100..fc300
+    "conv20-40-fc1000": 4_800,
+    "conv20-40-fc1000x2": 2_800,  # the dropout nets and double fc1000
+    "wide": 550,  # tutorial_cnn_wide
+    "tutorial": 20_000,
+}
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    recipe: str
+    lr: str  # lr_label
+    seed: int | None = None
+    group: int | None = None
+
+    def path(self, study: str, results: str | Path) -> Path:
+        return run_dir(study, self.recipe, self.lr, self.seed, self.group, results) / "metrics.json"
+
+
+def recipe_settings(spec: dict, recipe_id: str) -> dict:
+    """A study's settings for one recipe: its per_recipe entry over the study's own."""
+    return {**spec, **spec.get("per_recipe", {}).get(recipe_id, {})}
+
+
+def learning_rates(spec: dict, recipe_id: str) -> list[str]:
+    """The lr labels of one recipe in a study ("none" for the baselines, which have no lr)."""
+    recipe = all_recipes()[recipe_id]
+    if recipe.kind == "baseline":
+        return ["none"]
+    if recipe.kind == "ensemble":  # votes over its members' runs, at their learning rates
+        recipe = all_recipes()[recipe.members]
+    settings = recipe_settings(spec, recipe.id)
+    own = spec.get("per_recipe", {}).get(recipe.id, {})
+    if "learning_rates" in settings and "lr_factors" not in own:
+        rates = settings["learning_rates"]
+    else:  # rounded so that e.g. 0.03 * 0.333333 is 0.01, not 0.00999999
+        rates = [float(f"{recipe.lr * factor:.4g}") for factor in settings.get("lr_factors", [1])]
+    return list(dict.fromkeys(map(lr_label, rates)))
+
+
+def seeds(spec: dict, recipe_id: str) -> list[int]:
+    """Deterministic baselines run once (the first seed); everything else once per seed."""
+    chosen = recipe_settings(spec, recipe_id)["seeds"]
+    return chosen[:1] if all_recipes()[recipe_id].kind == "baseline" else chosen
+
+
+def ensemble_groups(spec: dict, recipe_id: str) -> list[list[int]]:
+    """Seeds of the member runs, in sorted groups of five; one short group if there are fewer."""
+    chosen = sorted(seeds(spec, all_recipes()[recipe_id].members))
+    size = ENSEMBLE_SIZE
+    groups = [chosen[i:i + size] for i in range(0, len(chosen) - size + 1, size)]
+    return groups or [chosen]  # the short group reports "not enough runs", never a number
+
+
+def planned_runs(spec: dict) -> list[PlannedRun]:
+    """Every run (and ensemble group) a study trains, in the study's recipe order."""
+    runs = []
+    for recipe_id in spec["recipes"]:
+        for lr in learning_rates(spec, recipe_id):
+            if all_recipes()[recipe_id].kind == "ensemble":
+                groups = range(1, len(ensemble_groups(spec, recipe_id)) + 1)
+                runs += [PlannedRun(recipe_id, lr, group=k) for k in groups]
+            else:
+                runs += [PlannedRun(recipe_id, lr, seed=s) for s in seeds(spec, recipe_id)]
+    return runs
+
+
+# --- progress -------------------------------------------------------------------------------
+
+def _cost_class(recipe) -> str:
+    arch = recipe.arch
+    if arch.conv_padding:
+        return "wide"
+    if recipe.protocol.code == "tutorial":
+        return "tutorial"
+    if not arch.convs:
+        return "dense"
+    if len(arch.convs) == 1:
+        return "conv20"
+    if max(arch.hidden) >= 1000:
+        return "conv20-40-fc1000x2" if len(arch.hidden) > 1 else "conv20-40-fc1000"
+    return "conv20-40"
+
+
+def planned_images(recipe, spec: dict) -> int:
+    """Training images one run of the recipe trains in this study (epochs x images)."""
+    epochs = spec.get("epochs", recipe.epochs)
+    images = min(spec.get("train_subset", math.inf), recipe.train_subset or SPLIT_SIZE[recipe.protocol.split])
+    return int(epochs * images * (5 if recipe.expand else 1))
+
+
+@dataclass
+class Progress:
+    published_done: int  # published numbers whose faithful recipe has a verdict's worth of runs
+    published_total: int
+    runs_done: int
+    runs_planned: int
+    core_hours_done: float
+    core_hours_left: float
+    rows: list[dict]  # one per recipe of the study
+
+
+def progress(spec: dict, study: str, results: str | Path = "results") -> Progress:
+    """What a study's record holds and what is left, recipe by recipe."""
+    recipes = all_recipes()
+    records: dict[Path, dict] = {}
+    for path in find_records(Path(results, study)):
+        try:
+            records[path.resolve()] = read_record(path)
+        except RecordError:
+            continue  # counted as missing; `mnistbench aggregate` names the broken file
+    rows, done_seconds, left_seconds = [], 0.0, 0.0
+    planned = planned_runs(spec)
+    for recipe_id in spec["recipes"]:
+        recipe = recipes[recipe_id]
+        mine = [r for r in planned if r.recipe == recipe_id]
+        found = [records.get(r.path(study, results).resolve()) for r in mine]
+        finished = [m for m in found if m is not None and is_finished(m)]
+        at_published = [m for m in finished if m.get("lr") is None or recipe.kind != "network"
+                        or lr_label(m.get("lr")) == lr_label(recipe.lr)]
+        seconds = sum(core_seconds(m) for m in found if m is not None)
+        missing = sum(m is None for m in found)
+        left = 0.0
+        if recipe.kind == "network" and missing:
+            measured = [m["images_per_second"] for m in finished if m.get("images_per_second")]
+            rate = statistics.median(measured) if measured else NOMINAL_RATES[_cost_class(recipe)]
+            left = missing * planned_images(recipe, spec) / rate * 1.1  # + evaluation, ~10%
+        need = 1 if recipe.kind in ("baseline", "ensemble") else max(MIN_RUNS, recipe.best_of)
+        rows.append({"recipe": recipe_id, "published_id": recipe.published_id,
+                     "variant": bool(recipe.variant), "planned": len(mine),
+                     "finished": len(finished), "at_published_lr": len(at_published),
+                     "needed": need, "enough": len(at_published) >= need,
+                     "core_hours": seconds / 3600, "core_hours_left": left / 3600})
+        done_seconds += seconds
+        left_seconds += left
+    faithful = [r for r in rows if not r["variant"]]
+    return Progress(sum(r["enough"] for r in faithful), len({r["published_id"] for r in faithful}),
+                    sum(r["finished"] for r in rows), len(planned),
+                    done_seconds / 3600, left_seconds / 3600, rows)

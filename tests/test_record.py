@@ -1,0 +1,145 @@
+"""The replication record: audits of recorded runs, progress, and the tracked record itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mnistbench.record import find_records, read_record, run_dir
+from mnistbench.recipes import all_recipes
+from mnistbench.study import planned_runs, progress
+
+ROOT = Path(__file__).resolve().parents[1]
+RECORD = ROOT / "results" / "replication"
+
+
+def mnistbench(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "mnistbench", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def recorded_run(tmp_path_factory, data_dir):
+    """A small run trained through the CLI, as the workflow records one."""
+    out = tmp_path_factory.mktemp("record") / "results/demo/runs/nielsen_ch3_overfit_1000/lr=0.5/seed=3"
+    done = mnistbench("train", "--recipe", "nielsen_ch3_overfit_1000", "--seed", "3", "--epochs", "3",
+                      "--threads", "1", "--quiet", "--data-dir", str(data_dir), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    return out / "metrics.json"
+
+
+def test_audit_of_an_untouched_record_is_bit_identical(recorded_run, data_dir):
+    done = mnistbench("audit", "--quiet", "--data-dir", str(data_dir), str(recorded_run))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "bit-identical over 3 epoch(s)" in done.stdout
+
+
+def test_audit_finds_a_changed_number(recorded_run, tmp_path, data_dir):
+    record = read_record(recorded_run)
+    record["history"][1]["train_loss"] += 1e-6  # one loss of one epoch, a millionth off
+    tampered = tmp_path / "metrics.json"
+    tampered.write_text(json.dumps(record))
+    done = mnistbench("audit", "--quiet", "--data-dir", str(data_dir), str(tampered))
+    assert done.returncode == 1 and "DIFFERS" in done.stdout and "train_loss 1e-06" in done.stdout
+
+
+def test_audit_calls_a_record_of_another_recipe_reading_stale(recorded_run, tmp_path, data_dir):
+    record = read_record(recorded_run)
+    record["config"]["scaling"] = "k/255"  # recorded before the book's pixels became k/256
+    stale = tmp_path / "metrics.json"
+    stale.write_text(json.dumps(record))
+    done = mnistbench("audit", "--quiet", "--data-dir", str(data_dir), str(stale))
+    assert done.returncode == 1 and "STALE" in done.stdout and "scaling 'k/255' -> 'k/256'" in done.stdout
+
+
+def test_audit_names_an_unreadable_record(tmp_path):
+    broken = tmp_path / "metrics.json"
+    broken.write_text('{"recipe": "nielsen_ch1_fc30", "history": [')
+    done = mnistbench("audit", str(broken))
+    assert done.returncode == 2 and str(broken) in done.stderr and "Traceback" not in done.stderr
+
+
+def test_planned_runs_and_progress(tmp_path):
+    spec = {"recipes": ["nielsen_ch1_fc30", "nielsen_ch1_svm", "nielsen_ch6_dropout", "nielsen_ch6_ensemble"],
+            "seeds": [1, 2, 3, 4, 5], "lr_factors": [1],
+            "per_recipe": {"nielsen_ch1_fc30": {"lr_factors": [0.333333, 1, 3], "seeds": [1, 2, 3]}}}
+    runs = planned_runs(spec)
+    assert [(r.recipe, r.lr) for r in runs[:9:3]] == [("nielsen_ch1_fc30", "1"), ("nielsen_ch1_fc30", "3"),
+                                                      ("nielsen_ch1_fc30", "9")]
+    assert [r.seed for r in runs if r.recipe == "nielsen_ch1_svm"] == [1]  # deterministic: once
+    assert [r.group for r in runs if r.recipe == "nielsen_ch6_ensemble"] == [1]
+    assert len(runs) == 9 + 1 + 5 + 1
+    # three finished fc30 runs at the published lr make its number judgeable; one at lr 9 does not count
+    for seed, lr in [(1, 3.0), (2, 3.0), (3, 3.0), (1, 9.0)]:
+        path = run_dir("s", "nielsen_ch1_fc30", lr, seed, results=tmp_path) / "metrics.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"recipe": "nielsen_ch1_fc30", "lr": lr, "seed": seed, "status": "finished",
+                                    "selected_accuracy": 95.0, "train_seconds": 1800, "eval_seconds": 0,
+                                    "images_per_second": 25_000, "environment": {"threads": 1}}))
+    p = progress(spec, "s", tmp_path)
+    assert (p.published_done, p.published_total, p.runs_done, p.runs_planned) == (1, 4, 4, 16)
+    assert p.core_hours_done == pytest.approx(2.0)
+    fc30 = p.rows[0]
+    assert fc30["enough"] and fc30["at_published_lr"] == 3
+    # 5 fc30 runs left at the measured 25,000 img/s: 5 x 30 epochs x 50,000 images, +10% evaluation
+    assert fc30["core_hours_left"] == pytest.approx(5 * 1_500_000 / 25_000 * 1.1 / 3600)
+
+
+def test_the_tracked_record_is_readable_and_holds_no_weights():
+    """Every tracked record reads, belongs to a recipe, and lies where its own keys say; the
+    record tracks no weights, checkpoints or logs."""
+    tracked = subprocess.run(["git", "ls-files", "results"], capture_output=True, text=True, cwd=ROOT).stdout.split()
+    if not tracked:
+        pytest.skip("not a git checkout, or no record yet")
+    assert all(f.startswith("results/replication/") for f in tracked)
+    assert not [f for f in tracked if not f.endswith((".json", ".csv", ".md"))]
+    for path in find_records(RECORD):
+        record = read_record(path)
+        assert record["recipe"] in all_recipes()
+        expected = run_dir("replication", record["recipe"], record.get("lr"), record.get("seed"),
+                           record.get("group"), ROOT / "results") / "metrics.json"
+        assert path == expected
+        assert len(record.get("test_predictions") or "") in (0, 10_000)
+    assert sum(f.stat().st_size for f in RECORD.rglob("*") if f.is_file()) < 20_000_000 if RECORD.exists() else True
+
+
+def _cheapest_record(code: str) -> Path | None:
+    """The recorded finished run of a protocol family that trains the fewest images."""
+    best = None
+    for path in find_records(RECORD):
+        record = read_record(path)
+        config = record.get("config") or {}
+        if config.get("protocol_code") == code and record.get("status") == "finished":
+            cost = config["train_images"] * config["epochs"]
+            best = min(best or (cost, path), (cost, path))
+    return best and best[1]
+
+
+@pytest.mark.parametrize("code", ["network", "network2", "network3", "articles"])
+def test_a_recorded_run_of_each_protocol_family_audits(code, data_dir):
+    """The first epoch of the cheapest recorded run of each family, trained again: bit-identical
+    on the kind of CPU and torch it was recorded with; elsewhere within float noise."""
+    path = _cheapest_record(code)
+    if path is None:
+        pytest.skip(f"no finished {code} run in the record yet")
+    done = mnistbench("audit", "--epochs", "1", "--quiet", "--data-dir", str(data_dir), str(path))
+    print(done.stdout)
+    record = read_record(path)
+    from mnistbench.train import cpu_model
+    import torch
+
+    same_machine = ((record["environment"].get("cpu_model"), record["environment"].get("torch"))
+                    == (cpu_model(), torch.__version__))
+    if same_machine:
+        assert done.returncode == 0 and "bit-identical" in done.stdout, done.stdout + done.stderr
+    else:  # another CPU adds in another order: only rounding may differ
+        assert done.returncode in (0, 1) and "STALE" not in done.stdout, done.stdout + done.stderr
+        for key, delta in [("test_accuracy", 0.5), ("val_accuracy", 0.5)]:
+            if f"{key} " in done.stdout:
+                assert float(done.stdout.split(f"{key} ")[1].split(",")[0].split(" ")[0]) <= delta
