@@ -403,6 +403,16 @@ def cmd_report(args) -> None:
     print(html.resolve())
 
 
+def cmd_findings(args) -> None:
+    from .report import ReportError, update_findings
+
+    try:
+        changed = update_findings(args.readme, args.study_dir)
+    except (ReportError, OSError) as err:
+        raise UsageError(str(err)) from None
+    log(f"{args.readme}: findings of {args.study_dir} {'updated' if changed else 'already up to date'}")
+
+
 def cmd_progress(args) -> None:
     import yaml
 
@@ -447,7 +457,8 @@ def cmd_audit(args) -> None:
 
 COMMANDS = {"recipes": cmd_recipes, "train": cmd_train, "train-batch": cmd_train_batch, "download": cmd_download,
             "ensemble": cmd_ensemble, "aggregate": cmd_aggregate, "mlflow-sync": cmd_mlflow_sync,
-            "report": cmd_report, "progress": cmd_progress, "audit": cmd_audit}
+            "report": cmd_report, "progress": cmd_progress, "audit": cmd_audit,
+            "findings": cmd_findings}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -531,6 +542,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="*", default=["results"], metavar="PATH",
                    help="metrics.json files or folders to search (default: results)")
     p.add_argument("--dry-run", action="store_true", help="list what would be replayed")
+
+    p = sub.add_parser("findings", help="write the findings table of a study's record into the "
+                       "README (between its findings markers)")
+    p.add_argument("--study-dir", default="results/replication", help="default: results/replication")
+    p.add_argument("--readme", default="README.md", help="default: README.md")
 
     p = sub.add_parser("progress", help="how far a study's record has come: published numbers with "
                        "enough runs, core-hours done and left")

@@ -29,8 +29,10 @@ def test_basic_conv_learns_in_one_epoch_on_10000_images(data_dir):
 
 
 def test_articles_relu_net_learns_in_one_epoch(data_dir):
+    # Measured 93.97% on the articles' unnormalised pixels (k/255), 96.4% when they were
+    # normalised: the first epoch is slower on [0, 1] inputs. Chance is 10%.
     result = train(small("seed_relu", train_subset=10_000), seed=1)
-    assert result["final_test_accuracy"] >= 94.0  # measured 96.4%
+    assert result["final_test_accuracy"] >= 90.0
 
 
 def test_chapter1_net_matches_the_books_printed_first_epoch(data_dir):
