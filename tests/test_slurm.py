@@ -63,7 +63,7 @@ def test_tiny_study_through_the_slurm_profile(slurm_cluster, data_dir, tmp_path)
     env = {**slurm_env(), "MLFLOW_TRACKING_URI": f"sqlite:///{store}",
            # jobs run `mnistbench` and Snakemake from this environment (sbatch exports it)
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{slurm_env()['PATH']}"}
-    command = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "workflow" / "Snakefile"),
                "--directory", str(tmp_path), "--configfile", str(tmp_path / "study.yaml"),
                "--profile", str(PROFILE),
                # this cluster has no accounting: status from squeue, no account to guess

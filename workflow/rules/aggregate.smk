@@ -10,7 +10,6 @@ def ensemble_members(wildcards):
 
 rule ensemble:
     input:
-        ancient(MNIST_READY),
         members=ensemble_members,
     output:
         ensemble_metrics("{study}", "{recipe}", "{lr}", "{group}"),
@@ -23,7 +22,7 @@ rule ensemble:
     resources:
         mem_mb=1000,
     shell:
-        "mnistbench ensemble --recipe {wildcards.recipe} --group {wildcards.group} "
+        "{MNISTBENCH} ensemble --recipe {wildcards.recipe} --group {wildcards.group} "
         "--study {wildcards.study} {params.check} {TRACKING} --data-dir {DATA_DIR:q} "
         "--out {params.out:q} {input.members:q} > {log:q} 2>&1"
 
@@ -42,4 +41,4 @@ rule aggregate:
     resources:
         mem_mb=2000,
     shell:
-        "mnistbench aggregate {params.check} {params.study_dir:q} {input:q} > {log:q} 2>&1"
+        "{MNISTBENCH} aggregate {params.check} {params.study_dir:q} {input:q} > {log:q} 2>&1"

@@ -4,6 +4,8 @@
 # one training job writing RESULTS/<study>/runs/<recipe>/lr=<lr>/seed=<seed>/metrics.json.
 
 import math
+import shlex
+import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -42,8 +44,14 @@ RESULTS = config["results_dir"]
 STUDY = config["study"]
 ENSEMBLE_SIZE = 5  # the book's ensemble: five dropout nets
 DATA_DIR = config["data_dir"]
-# The unpacked files torchvision reads: once they exist no job downloads or unpacks anything.
+# The unpacked files torchvision reads: the `download` rule's output. Jobs do not depend on it:
+# each fetches MNIST itself if it is missing (under a file lock, mnistbench.data.load_mnist), so
+# that a fresh clone holding finished runs never retrains them because MNIST arrived (Snakemake
+# reruns whatever depends on a job that runs).
 MNIST_READY = [f"{DATA_DIR}/MNIST/raw/{name.removesuffix('.gz')}" for name in MNIST_FILES]
+# Every rule runs the package with the interpreter that runs the workflow: no activated
+# environment or PATH is needed, and a job never picks up another installation's `mnistbench`.
+MNISTBENCH = f"{shlex.quote(sys.executable)} -m mnistbench"
 # Options that do not change a run's numbers: kept out of `params` so that changing them
 # (say, mlflow: false) does not make Snakemake rerun finished runs.
 TRACKING = "--mlflow" if config["mlflow"] else ""
@@ -140,14 +148,15 @@ check_studies()
 
 
 def batching_on():
-    """batch_runs: auto batches when the jobs train on a GPU (as seen from where snakemake runs)."""
+    """batch_runs: auto batches when the config says the jobs train on a GPU (device: cuda).
+
+    Decided by the config alone, never by the machine that runs `snakemake` (a login node
+    without a GPU submits GPU jobs). How runs are grouped into jobs never makes a finished run
+    stale: see the params of the training rules (train.smk) and the workflow profile.
+    """
     if config["batch_runs"] != "auto":
         return config["batch_runs"] in (True, "true")
-    if config["device"] != "auto":
-        return config["device"] == "cuda"
-    import torch
-
-    return torch.cuda.is_available()
+    return config["device"] == "cuda"
 
 
 def batch_outputs(study, recipe_id):
