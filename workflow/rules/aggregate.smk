@@ -1,13 +1,6 @@
 # Ensemble votes and the study tables (runs.csv, runs.parquet, summary.csv).
 
 
-def ensemble_members(wildcards):
-    """The member runs of ensemble group k: the k-th five seeds, in sorted order."""
-    members = RECIPES[wildcards.recipe].members
-    group = ensemble_groups(wildcards.study)[int(wildcards.group) - 1]
-    return [run_metrics(wildcards.study, members, wildcards.lr, seed) for seed in group]
-
-
 rule ensemble:
     input:
         members=ensemble_members,

@@ -49,11 +49,17 @@ DATA_DIR = config["data_dir"]
 # that a fresh clone holding finished runs never retrains them because MNIST arrived (Snakemake
 # reruns whatever depends on a job that runs).
 MNIST_READY = [f"{DATA_DIR}/MNIST/raw/{name.removesuffix('.gz')}" for name in MNIST_FILES]
-# Every rule runs the package with the interpreter that runs the workflow: no activated
+# Every rule runs the package with the interpreter that runs the workflow, so no activated
 # environment or PATH is needed, and a job never picks up another installation's `mnistbench`.
+# `snakemake --lint` findings left on purpose (tests/test_lint.py holds the list):
+# - "Specify a conda environment or container for each rule": the workflow runs in the one
+#   environment it is installed in (requirements.lock, or environment.yml), whose interpreter
+#   is this one; five per-rule environments would be five copies of torch.
+# - "Shell command directly uses variable MNISTBENCH / TRACKING / DATA_DIR / config from
+#   outside of the rule": these say how a job runs (which interpreter, MLflow on or off,
+#   where MNIST is, which device), not what it computes. As params they would be a rerun
+#   trigger, and moving the environment or turning MLflow off would retrain finished runs.
 MNISTBENCH = f"{shlex.quote(sys.executable)} -m mnistbench"
-# Options that do not change a run's numbers: kept out of `params` so that changing them
-# (say, mlflow: false) does not make Snakemake rerun finished runs.
 TRACKING = "--mlflow" if config["mlflow"] else ""
 
 
@@ -140,6 +146,34 @@ def study_outputs(study):
     return outputs
 
 
+def ensemble_members(wildcards):
+    """The member runs of ensemble group k: the k-th five seeds, in sorted order."""
+    members = RECIPES[wildcards.recipe].members
+    group = ensemble_groups(wildcards.study)[int(wildcards.group) - 1]
+    return [run_metrics(wildcards.study, members, wildcards.lr, seed) for seed in group]
+
+
+def run_options(study_name, recipe_id):
+    """The options, other than lr and seed, that decide a run's result (Snakemake reruns a run
+    if they change)."""
+    study, recipe = study_config(study_name), RECIPES[recipe_id]
+    options = []
+    if recipe.kind == "network":
+        if "epochs" in study:
+            options += ["--epochs", study["epochs"]]
+        if "train_subset" in study:  # at most: recipes that use fewer images keep their number
+            options += ["--train-subset", min(study["train_subset"], recipe.train_subset or math.inf)]
+    if study["pipeline_check"]:
+        options.append("--pipeline-check")
+    return " ".join(map(str, options))
+
+
+def run_of(path):
+    """results/<study>/runs/<recipe>/lr=<lr>/seed=<seed>/metrics.json -> (recipe, lr, seed)."""
+    seed_dir = Path(path).parent
+    return seed_dir.parent.parent.name, seed_dir.parent.name.split("=", 1)[1], seed_dir.name.split("=", 1)[1]
+
+
 def study_tables(study):
     return [f"{RESULTS}/{study}/{name}" for name in ("runs.csv", "runs.parquet", "summary.csv")]
 
@@ -178,7 +212,7 @@ wildcard_constraints:
     group=r"[0-9]+",
 
 
-# What `snakemake` builds with no target (`rule all`, in the Snakefile: Snakemake ignores
+# What `snakemake` builds with no target (the Snakefile's `all`: Snakemake ignores a
 # default_target in included files). Other rule files append to this list, e.g. report.smk
 # adds the HTML report; `rule all` reads it only after every file is included.
 # Every run's metrics.json is a target too: Snakemake does not rebuild a deleted intermediate

@@ -2,31 +2,10 @@
 # the job's output. A run that is killed keeps its checkpoint.pt and resumes from it.
 #
 # Whether a finished run is up to date depends only on what decides its numbers: its path
-# (study, recipe, lr, seed) and run_options() below, the one non-derived param of every
+# (study, recipe, lr, seed) and run_options() (common.smk), the one non-derived param of every
 # training rule. The other params are derived from the output paths, so Snakemake's params
 # trigger ignores them, and the workflow profile drops the code trigger: running a run alone
 # (rule train) or batched with others (train_batch_<recipe>) gives the same up-to-date runs.
-
-
-def run_options(study_name, recipe_id):
-    """The options, other than lr and seed, that decide a run's result (Snakemake reruns a run
-    if they change)."""
-    study, recipe = study_config(study_name), RECIPES[recipe_id]
-    options = []
-    if recipe.kind == "network":
-        if "epochs" in study:
-            options += ["--epochs", study["epochs"]]
-        if "train_subset" in study:  # at most: recipes that use fewer images keep their number
-            options += ["--train-subset", min(study["train_subset"], recipe.train_subset or math.inf)]
-    if study["pipeline_check"]:
-        options.append("--pipeline-check")
-    return " ".join(map(str, options))
-
-
-def run_of(path):
-    """results/<study>/runs/<recipe>/lr=<lr>/seed=<seed>/metrics.json -> (recipe, lr, seed)."""
-    seed_dir = Path(path).parent
-    return seed_dir.parent.parent.name, seed_dir.parent.name.split("=", 1)[1], seed_dir.name.split("=", 1)[1]
 
 
 # What a training job asks of the machine or the cluster; the time limit grows with each
@@ -87,6 +66,7 @@ for _recipe in BATCHED_RECIPES:
             f"logs/{STUDY}/{_recipe}/batch.log",
         params:
             run=run_options(STUDY, _recipe),
+            study=lambda wildcards, output: Path(output[0]).parents[4].name,
             recipe=lambda wildcards, output: run_of(output[0])[0],
             seeds=lambda wildcards, output: " ".join(dict.fromkeys(run_of(p)[2] for p in output)),
             lrs=lambda wildcards, output: " ".join(dict.fromkeys(run_of(p)[1] for p in output)),
@@ -97,6 +77,6 @@ for _recipe in BATCHED_RECIPES:
             **TRAINING_RESOURCES,
         shell:
             "{MNISTBENCH} train-batch --recipe {params.recipe} --seeds {params.seeds} "
-            "--lrs {params.lrs} {params.run} --study {STUDY} {TRACKING} --threads {threads} "
+            "--lrs {params.lrs} {params.run} --study {params.study} {TRACKING} --threads {threads} "
             "--device {config[device]} --data-dir {DATA_DIR:q} --out-pattern {params.out_pattern:q} "
             "> {log:q} 2>&1"
