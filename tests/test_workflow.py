@@ -135,6 +135,16 @@ def test_mlflow_python_api_holds_the_four_runs(study):
         assert tags["host"] and tags["device"] == "cpu" and "git_commit" in tags
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert artifacts == {"metrics.json", "model.pt"}
+        # the runs table shows the run's totals; each epoch's time is its own series
+        assert run.data.metrics["train_seconds"] == pytest.approx(metrics["train_seconds"])
+        assert run.data.metrics["images_per_second"] == pytest.approx(metrics["images_per_second"])
+        epochs = client.get_metric_history(run.info.run_id, "epoch_train_seconds")
+        assert [(m.step, m.value) for m in epochs] == [(1, pytest.approx(metrics["history"][0]["train_seconds"]))]
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "train_seconds")] == [0]
+        assert metrics["recipe"] in tags["mlflow.note.content"]
+    experiment = client.get_experiment_by_name(f"mnistbench/{STUDY}")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on the runs
+    assert STUDY in experiment.tags["mlflow.note.content"]
 
 
 def _free_port() -> int:
