@@ -9,8 +9,8 @@ STUDY ?= quick
 # (CI and this project's sandboxes keep one next to the checkout).
 MNISTBENCH_MNIST_MIRROR ?= $(abspath $(wildcard ../shared/data/mnist/MNIST/raw))
 export MNISTBENCH_MNIST_MIRROR
-# The workflow's rules call `mnistbench` (and snakemake, mlflow): the venv's, without activating it.
-export PATH := $(abspath $(BIN)):$(PATH)
+# Nothing is activated or put on PATH: the workflow's rules run the package with the
+# interpreter that runs snakemake ($(BIN)/python).
 
 .PHONY: setup run test clean
 

@@ -119,11 +119,27 @@ def run_row(path: Path, metrics: dict, study: str | None = None) -> dict:
     }
 
 
+class BrokenRunRecord(ValueError):
+    """A metrics.json that cannot be read as a run: the message starts with its path."""
+
+
+def _read_row(path: Path) -> dict:
+    try:
+        metrics = json.loads(path.read_text())
+        if not isinstance(metrics, dict):
+            raise ValueError(f"a JSON {type(metrics).__name__}, not an object")
+        return run_row(path, metrics, _study_from_path(path))
+    except KeyError as err:
+        raise BrokenRunRecord(f"{path}: no {err} key") from None
+    except (OSError, ValueError, TypeError, AttributeError) as err:  # unreadable, not JSON, wrong types
+        raise BrokenRunRecord(f"{path}: {err}") from None
+
+
 def collect_runs(source, pipeline_check: bool = False) -> pd.DataFrame:
     """One row per metrics.json: `source` is a study folder (every run below its runs/) or a
     list of metrics.json paths. pipeline_check marks every row (the study is a smoke test)."""
     paths = find_run_files(Path(source)) if isinstance(source, (str, Path)) else map(Path, source)
-    rows = [run_row(p, json.loads(p.read_text()), _study_from_path(p)) for p in paths]
+    rows = [_read_row(p) for p in paths]
     runs = pd.DataFrame(rows, columns=RUN_COLUMNS)
     runs["pipeline_check"] = runs["pipeline_check"].astype(bool) | pipeline_check
     for column in ("seed", "group", "selected_epoch", "epochs", "batch_size", "train_images",

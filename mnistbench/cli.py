@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -340,7 +341,7 @@ def cmd_ensemble(args) -> None:
 
 
 def cmd_aggregate(args) -> None:
-    from .aggregate import collect_runs, find_run_files, write_tables
+    from .aggregate import BrokenRunRecord, collect_runs, find_run_files, write_tables
 
     study_dir = Path(args.study_dir)
     paths = [Path(p) for p in args.runs] or find_run_files(study_dir)
@@ -351,8 +352,8 @@ def cmd_aggregate(args) -> None:
         raise UsageError(f"no runs found: {study_dir}/runs/**/metrics.json")
     try:
         runs = collect_runs(paths, pipeline_check=args.pipeline_check)
-    except (ValueError, KeyError) as err:
-        raise UsageError(f"cannot read the runs of {study_dir}: {err}") from None
+    except BrokenRunRecord as err:
+        raise UsageError(f"broken run record {err}; delete it to train that run again") from None
     _check_writable(study_dir)
     summary = write_tables(runs, study_dir)
     log(f"{len(runs)} runs -> {study_dir / 'runs.csv'}, {study_dir / 'runs.parquet'}; "
@@ -584,6 +585,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mnistbench: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader left (`mnistbench recipes | head`): stop quietly
+        # Python would report the failed flush of stdout at exit; point it at /dev/null first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE  # what a command killed by SIGPIPE returns
     return 0
 
 

@@ -7,6 +7,8 @@ DataLoader with per-sample PIL transforms.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import hashlib
 import os
@@ -62,10 +64,31 @@ def load_mnist(data_dir: str | os.PathLike | None = None, download: bool = True)
     unpacks them; with download=True it fetches whatever is missing (and with the files already
     in place it never touches the network). $MNISTBENCH_MNIST_MIRROR names a local folder holding
     the .gz files, copied from before anything is downloaded: how offline machines and CI "download".
+    Several jobs may start at once on a fresh data folder: one fetches, the others wait for it.
     """
+    root = resolve_data_dir(data_dir)
+    with _exclusive(root / "MNIST" / ".lock"):
+        return _load_mnist(root, download)
+
+
+@contextlib.contextmanager
+def _exclusive(lock: Path):
+    """Hold a POSIX lock on `lock` (also honoured across the nodes of an NFS share); without
+    the right to create it (a read-only folder), nobody can be writing there: go on unlocked."""
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(lock, "a")
+    except OSError:
+        yield
+        return
+    with handle:
+        fcntl.lockf(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _load_mnist(root: Path, download: bool):
     from torchvision.datasets import MNIST  # imported here: the CLI starts faster without it
 
-    root = resolve_data_dir(data_dir)
     raw = root / "MNIST" / "raw"
     mirror = os.environ.get("MNISTBENCH_MNIST_MIRROR")
     if mirror and download:  # a local folder with the .gz files: "download" by copying

@@ -27,7 +27,14 @@ from urllib.parse import urlparse
 
 RUN_KEY_TAG = "mnistbench.run_key"
 RESULT_TAG = "mnistbench.result"  # fingerprint of the logged result: replays skip what matches
-EPOCH_METRICS = ("train_loss", "val_accuracy", "test_accuracy", "images_per_second", "train_seconds")
+# history key -> MLflow metric, logged at step = epoch. An epoch's time and speed get their own
+# keys: MLflow's runs table shows a metric's value at the highest step, and `train_seconds`
+# and `images_per_second` are the run's totals (as in metrics.json and runs.csv), logged once.
+EPOCH_METRICS = {"train_loss": "train_loss", "val_accuracy": "val_accuracy",
+                 "test_accuracy": "test_accuracy", "images_per_second": "epoch_images_per_second",
+                 "train_seconds": "epoch_train_seconds"}
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # the UI opens on the runs
+NOTE = "mlflow.note.content"  # the description MLflow's UI shows for an experiment or a run
 FINAL_METRICS = ("selected_accuracy", "selected_epoch", "final_test_accuracy", "final_val_accuracy",
                  "published_accuracy", "train_seconds", "eval_seconds", "wall_seconds",
                  "images_per_second", "members_finished")
@@ -111,14 +118,36 @@ def _experiment_id(client, study: str) -> str:
 
     name = experiment_name(study)
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        if experiment.lifecycle_stage == "deleted":
-            client.restore_experiment(experiment.experiment_id)
-        return experiment.experiment_id
-    try:
-        return client.create_experiment(name)
-    except MlflowException:  # created meanwhile by a job logging to a server (no lock there)
-        return client.get_experiment_by_name(name).experiment_id
+    if experiment is None:
+        try:
+            return client.create_experiment(name, tags={**EXPERIMENT_KIND, NOTE: experiment_note(study)})
+        except MlflowException:  # created meanwhile by a job logging to a server (no lock there)
+            experiment = client.get_experiment_by_name(name)
+    if experiment.lifecycle_stage == "deleted":
+        client.restore_experiment(experiment.experiment_id)
+    for key, value in {**EXPERIMENT_KIND, NOTE: experiment_note(study)}.items():
+        if key not in experiment.tags:  # experiments of older versions; a user's note stays
+            client.set_experiment_tag(experiment.experiment_id, key, value)
+    return experiment.experiment_id
+
+
+def experiment_note(study: str) -> str:
+    return (f"The runs of the mnistbench study `{study}` (config/config.yaml): one MLflow run per "
+            f"recipe x learning rate x seed, named `<recipe> lr=<lr> seed=<seed>`. Each run's "
+            f"metrics.json (results/{study}/runs/) is the source of truth; the study's tables "
+            f"are results/{study}/summary.csv and runs.csv, its report reports/{study}/index.html.")
+
+
+def run_note(metrics: dict) -> str:
+    """A run's description: what it replicates, how it ended."""
+    what = f"seed {metrics.get('seed')}" if metrics.get("group") is None else f"ensemble group {metrics['group']}"
+    lr = "" if metrics.get("lr") is None else f", learning rate {lr_label(metrics['lr'])}"
+    published = metrics.get("published_accuracy")
+    result = (f"selected test accuracy {metrics['selected_accuracy']}%" if metrics.get("selected_accuracy")
+              is not None else f"status {metrics.get('status')}")
+    return (f"`{metrics['recipe']}` ({what}{lr}) replicates the published "
+            f"{'' if published is None else f'{published}% of '}`{metrics.get('published_id') or metrics['recipe']}`: "
+            f"{result}." + (" A pipeline check, not a replication." if metrics.get("pipeline_check") else ""))
 
 
 def _runs_with_key(client, experiment_id: str, key: str) -> list:
@@ -156,7 +185,7 @@ def run_tags(metrics: dict, key: str) -> dict[str, str]:
         "git_commit": env.get("git_commit"), "host": env.get("host") or socket.gethostname(),
         "device": env.get("device"), "device_name": env.get("device_name"),
         "pipeline_check": bool(metrics.get("pipeline_check")),
-        "mlflow.source.git.commit": env.get("git_commit"),
+        "mlflow.source.git.commit": env.get("git_commit"), NOTE: run_note(metrics),
     }
     if metrics.get("group") is not None:
         tags["ensemble_group"] = metrics["group"]
@@ -229,7 +258,7 @@ class RunTracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        metrics = [Metric(k, _number(entry[k]), now, entry["epoch"]) for k in EPOCH_METRICS
+        metrics = [Metric(name, _number(entry[k]), now, entry["epoch"]) for k, name in EPOCH_METRICS.items()
                    if _number(entry.get(k)) is not None]
         self._call(f"logging epoch {entry['epoch']}", lambda client: self._log(client, metrics))
 

@@ -251,3 +251,35 @@ def test_diverging_run_is_recorded_as_diverged(data_dir, tmp_path):
     assert len(metrics["history"]) < 3  # training stopped at the first non-finite loss
     assert not (out / "checkpoint.pt").exists()
     assert "diverged" in result.stderr.lower()
+
+
+# --- other commands --------------------------------------------------------------------------
+
+def test_a_reader_that_closes_the_pipe_ends_the_command_quietly():
+    """`mnistbench recipes --json | head -c 10`: no BrokenPipeError traceback, SIGPIPE's status."""
+    command = [sys.executable, "-m", "mnistbench", "recipes", "--json"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        proc.stdout.read(10)
+        proc.stdout.close()  # as `head` does once it has its lines
+        stderr = proc.stderr.read().decode()
+    assert stderr == "" and proc.returncode == 141, (proc.returncode, stderr)
+
+
+@pytest.mark.parametrize("content, problem", [
+    ('{"recipe": "x\x01"}', "Invalid control character"),
+    ("", "Expecting value"),
+    ("[1]", "a JSON list, not an object"),
+    ('{"seed": 1}', "no 'recipe' key"),
+    ('{"recipe": "nielsen_ch1_fc30", "config": [1]}', "'list' object has no attribute 'get'"),
+])
+def test_aggregate_names_the_broken_run_record(tmp_path, content, problem):
+    study = tmp_path / "study"
+    good = study / "runs" / "nielsen_ch1_darkness" / "lr=none" / "seed=1" / "metrics.json"
+    good.parent.mkdir(parents=True)
+    good.write_text(json.dumps({"recipe": "nielsen_ch1_darkness", "seed": 1, "status": "finished"}))
+    broken = study / "runs" / "nielsen_ch1_fc30" / "lr=3" / "seed=2" / "metrics.json"
+    broken.parent.mkdir(parents=True)
+    broken.write_text(content)
+    line = assert_one_line_error(mnistbench("aggregate", str(study)), problem)
+    assert f"broken run record {broken}: " in line
+    assert not (study / "runs.csv").exists()

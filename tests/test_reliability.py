@@ -48,7 +48,7 @@ def write_study(workdir: Path, data_dir: Path, name: str, study: dict, **top) ->
 
 
 def snakemake(workdir: Path, configfile: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
+    return [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "workflow" / "Snakefile"),
             "--directory", str(workdir), "--configfile", str(configfile), *args]
 
 

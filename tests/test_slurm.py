@@ -63,7 +63,7 @@ def test_tiny_study_through_the_slurm_profile(slurm_cluster, data_dir, tmp_path)
     env = {**slurm_env(), "MLFLOW_TRACKING_URI": f"sqlite:///{store}",
            # jobs run `mnistbench` and Snakemake from this environment (sbatch exports it)
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{slurm_env()['PATH']}"}
-    command = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "workflow" / "Snakefile"),
                "--directory", str(tmp_path), "--configfile", str(tmp_path / "study.yaml"),
                "--profile", str(PROFILE),
                # this cluster has no accounting: status from squeue, no account to guess
@@ -73,10 +73,11 @@ def test_tiny_study_through_the_slurm_profile(slurm_cluster, data_dir, tmp_path)
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-5000:]
 
-    # Each training run really was a Slurm job: the executor keeps its log under logs/slurm.
-    submitted = sorted((tmp_path / "logs" / "slurm" / "rule_train").glob("*/*.log"))
+    # Each training run really was a task of one Slurm job array (the profile's slurm-array-jobs):
+    # the executor keeps each task's log as logs/slurm/rule_train/<array job>_<task>.log.
+    submitted = sorted((tmp_path / "logs" / "slurm" / "rule_train").rglob("*.log"))
     assert len(submitted) == len(RECIPES), submitted
-    assert "submitted with SLURM jobid" in log
+    assert "Submitted array job" in log and "The individual task IDs are 1-2" in log, log[-3000:]
 
     runs = pd.read_csv(tmp_path / "results" / STUDY / "runs.csv")
     assert sorted(runs["recipe"]) == sorted(RECIPES)  # every run, once

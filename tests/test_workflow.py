@@ -35,7 +35,7 @@ def _env(**extra) -> dict:
 
 
 def snakemake(workdir: Path, *args, check=True) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "workflow" / "Snakefile"),
                "--directory", str(workdir), "--configfile", str(workdir / "config.yaml"),
                "--cores", "2", *args]
     result = subprocess.run(command, cwd=workdir, env=_env(), capture_output=True, text=True,
@@ -135,6 +135,16 @@ def test_mlflow_python_api_holds_the_four_runs(study):
         assert tags["host"] and tags["device"] == "cpu" and "git_commit" in tags
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert artifacts == {"metrics.json", "model.pt"}
+        # the runs table shows the run's totals; each epoch's time is its own series
+        assert run.data.metrics["train_seconds"] == pytest.approx(metrics["train_seconds"])
+        assert run.data.metrics["images_per_second"] == pytest.approx(metrics["images_per_second"])
+        epochs = client.get_metric_history(run.info.run_id, "epoch_train_seconds")
+        assert [(m.step, m.value) for m in epochs] == [(1, pytest.approx(metrics["history"][0]["train_seconds"]))]
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "train_seconds")] == [0]
+        assert metrics["recipe"] in tags["mlflow.note.content"]
+    experiment = client.get_experiment_by_name(f"mnistbench/{STUDY}")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on the runs
+    assert STUDY in experiment.tags["mlflow.note.content"]
 
 
 def _free_port() -> int:
@@ -257,6 +267,15 @@ def test_second_invocation_runs_nothing(study):
     assert "Nothing to be done" in result.stderr, result.stderr[-2000:]
 
 
+@pytest.mark.parametrize("switch", [["batch_runs=true"], ["device=cuda"], ["batch_runs=auto", "device=cpu"]])
+def test_how_runs_are_grouped_into_jobs_never_makes_finished_runs_stale(study, switch):
+    """Runs trained one job each stay up to date when they would now be batched (batch_runs,
+    or auto with device=cuda, whatever GPU the machine running snakemake has or lacks)."""
+    workdir, _ = study
+    result = snakemake(workdir, "--dry-run", "--config", *switch)
+    assert "Nothing to be done" in result.stdout + result.stderr, result.stdout[-3000:]
+
+
 def test_removing_one_metrics_json_reruns_exactly_that_run(study):
     workdir, _ = study
     victim = metrics_files(workdir)[0]
@@ -309,3 +328,5 @@ def test_batched_jobs_write_one_folder_and_one_mlflow_run_per_run(tmp_path, data
     assert {r.info.status for r in mlflow} == {"FINISHED"}
     assert all(len(client.get_metric_history(r.info.run_id, "test_accuracy")) == 1 for r in mlflow)
     assert "Nothing to be done" in snakemake(tmp_path, "--config", "batch_runs=true").stderr
+    # and the same runs, now one job each, are just as finished
+    assert "Nothing to be done" in snakemake(tmp_path, "--config", "batch_runs=false").stderr

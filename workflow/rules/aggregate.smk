@@ -1,16 +1,8 @@
 # Ensemble votes and the study tables (runs.csv, runs.parquet, summary.csv).
 
 
-def ensemble_members(wildcards):
-    """The member runs of ensemble group k: the k-th five seeds, in sorted order."""
-    members = RECIPES[wildcards.recipe].members
-    group = ensemble_groups(wildcards.study, wildcards.recipe)[int(wildcards.group) - 1]
-    return [run_metrics(wildcards.study, members, wildcards.lr, seed) for seed in group]
-
-
 rule ensemble:
     input:
-        ancient(MNIST_READY),
         members=ensemble_members,
     output:
         ensemble_metrics("{study}", "{recipe}", "{lr}", "{group}"),
@@ -23,7 +15,7 @@ rule ensemble:
     resources:
         mem_mb=1000,
     shell:
-        "mnistbench ensemble --recipe {wildcards.recipe} --group {wildcards.group} "
+        "{MNISTBENCH} ensemble --recipe {wildcards.recipe} --group {wildcards.group} "
         "--study {wildcards.study} {params.check} {TRACKING} --data-dir {DATA_DIR:q} "
         "--out {params.out:q} {input.members:q} > {log:q} 2>&1"
 
@@ -42,4 +34,4 @@ rule aggregate:
     resources:
         mem_mb=2000,
     shell:
-        "mnistbench aggregate {params.check} {params.study_dir:q} {input:q} > {log:q} 2>&1"
+        "{MNISTBENCH} aggregate {params.check} {params.study_dir:q} {input:q} > {log:q} 2>&1"

@@ -4,13 +4,17 @@
 # one training job writing RESULTS/<study>/runs/<recipe>/lr=<lr>/seed=<seed>/metrics.json.
 
 import math
+import shlex
+import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
+import mnistbench.study
 from mnistbench.data import MNIST_FILES
 from mnistbench.recipes import all_recipes
+from mnistbench.record import RECORD_FILE, run_dir
 
 min_version("9.0")
 
@@ -40,12 +44,23 @@ validate_config()
 RECIPES = all_recipes()
 RESULTS = config["results_dir"]
 STUDY = config["study"]
-ENSEMBLE_SIZE = 5  # the book's ensemble: five dropout nets
 DATA_DIR = config["data_dir"]
-# The unpacked files torchvision reads: once they exist no job downloads or unpacks anything.
+# The unpacked files torchvision reads: the `download` rule's output. Jobs do not depend on it:
+# each fetches MNIST itself if it is missing (under a file lock, mnistbench.data.load_mnist), so
+# that a fresh clone holding finished runs never retrains them because MNIST arrived (Snakemake
+# reruns whatever depends on a job that runs).
 MNIST_READY = [f"{DATA_DIR}/MNIST/raw/{name.removesuffix('.gz')}" for name in MNIST_FILES]
-# Options that do not change a run's numbers: kept out of `params` so that changing them
-# (say, mlflow: false) does not make Snakemake rerun finished runs.
+# Every rule runs the package with the interpreter that runs the workflow, so no activated
+# environment or PATH is needed, and a job never picks up another installation's `mnistbench`.
+# `snakemake --lint` findings left on purpose (tests/test_lint.py holds the list):
+# - "Specify a conda environment or container for each rule": the workflow runs in the one
+#   environment it is installed in (requirements.lock, or environment.yml), whose interpreter
+#   is this one; five per-rule environments would be five copies of torch.
+# - "Shell command directly uses variable MNISTBENCH / TRACKING / DATA_DIR / config from
+#   outside of the rule": these say how a job runs (which interpreter, MLflow on or off,
+#   where MNIST is, which device), not what it computes. As params they would be a rerun
+#   trigger, and moving the environment or turning MLflow off would retrain finished runs.
+MNISTBENCH = f"{shlex.quote(sys.executable)} -m mnistbench"
 TRACKING = "--mlflow" if config["mlflow"] else ""
 
 
@@ -78,64 +93,61 @@ def study_config(study):
     return config["studies"][study]
 
 
-def recipe_config(study, recipe_id):
-    """The study's settings for one recipe: its per_recipe entry over the study's own."""
-    spec = study_config(study)
-    return {**spec, **spec.get("per_recipe", {}).get(recipe_id, {})}
-
-
-def lr_label(lr):
-    """The lr wildcard: `{:g}` of the learning rate, passed verbatim to `mnistbench train --lr`."""
-    return f"{lr:g}"
-
-
+# The study -> runs expansion lives in the package (mnistbench.study), so that the runs
+# Snakemake trains and the runs `mnistbench progress` counts are one list; the run folder
+# layout lives in mnistbench.record.
 def learning_rates(study, recipe_id):
     """The lr wildcards of one recipe in a study ("none" for the baselines, which have no lr)."""
-    recipe = RECIPES[recipe_id]
-    if recipe.kind == "baseline":
-        return ["none"]
-    if recipe.kind == "ensemble":  # votes over its members' runs, at their learning rates
-        recipe = RECIPES[recipe.members]
-    spec = recipe_config(study, recipe.id)
-    if "learning_rates" in spec and "lr_factors" not in spec.get("per_recipe", {}).get(recipe.id, {}):
-        rates = spec["learning_rates"]
-    else:  # rounded so that e.g. 0.03 * 0.333333 is 0.01, not 0.00999999
-        rates = [float(f"{recipe.lr * factor:.4g}") for factor in spec.get("lr_factors", [1])]
-    return list(dict.fromkeys(map(lr_label, rates)))
+    return mnistbench.study.learning_rates(study_config(study), recipe_id)
 
 
 def seeds(study, recipe_id):
-    """Deterministic baselines run once (the first seed); everything else once per seed."""
-    chosen = recipe_config(study, recipe_id)["seeds"]
-    return chosen[:1] if RECIPES[recipe_id].kind == "baseline" else chosen
+    return mnistbench.study.seeds(study_config(study), recipe_id)
 
 
 def ensemble_groups(study, recipe_id):
-    """Seeds of the member runs, in sorted groups of five; one short group if there are fewer."""
-    chosen = sorted(seeds(study, RECIPES[recipe_id].members))
-    groups = [chosen[i:i + ENSEMBLE_SIZE] for i in range(0, len(chosen) - ENSEMBLE_SIZE + 1, ENSEMBLE_SIZE)]
-    return groups or [chosen]  # the short group reports "not enough runs", never a number
+    return mnistbench.study.ensemble_groups(study_config(study), recipe_id)
 
 
 def run_metrics(study, recipe, lr, seed):
-    return f"{RESULTS}/{study}/runs/{recipe}/lr={lr}/seed={seed}/metrics.json"
+    return str(run_dir(study, recipe, lr, seed=seed, results=RESULTS) / RECORD_FILE)
 
 
 def ensemble_metrics(study, recipe, lr, group):
-    return f"{RESULTS}/{study}/runs/{recipe}/lr={lr}/group={group}/metrics.json"
+    return str(run_dir(study, recipe, lr, group=group, results=RESULTS) / RECORD_FILE)
 
 
 def study_outputs(study):
     """Every metrics.json of a study: the training runs and the ensemble groups."""
-    outputs = []
-    for recipe_id in study_config(study)["recipes"]:
-        for lr in learning_rates(study, recipe_id):
-            if RECIPES[recipe_id].kind == "ensemble":
-                groups = range(1, len(ensemble_groups(study, recipe_id)) + 1)
-                outputs += [ensemble_metrics(study, recipe_id, lr, k) for k in groups]
-            else:
-                outputs += [run_metrics(study, recipe_id, lr, s) for s in seeds(study, recipe_id)]
-    return outputs
+    return [str(run.path(study, RESULTS)) for run in mnistbench.study.planned_runs(study_config(study))]
+
+
+def ensemble_members(wildcards):
+    """The member runs of ensemble group k: the k-th five seeds, in sorted order."""
+    members = RECIPES[wildcards.recipe].members
+    group = ensemble_groups(wildcards.study, wildcards.recipe)[int(wildcards.group) - 1]
+    return [run_metrics(wildcards.study, members, wildcards.lr, seed) for seed in group]
+
+
+def run_options(study_name, recipe_id):
+    """The options, other than lr and seed, that decide a run's result (Snakemake reruns a run
+    if they change)."""
+    study, recipe = study_config(study_name), RECIPES[recipe_id]
+    options = []
+    if recipe.kind == "network":
+        if "epochs" in study:
+            options += ["--epochs", study["epochs"]]
+        if "train_subset" in study:  # at most: recipes that use fewer images keep their number
+            options += ["--train-subset", min(study["train_subset"], recipe.train_subset or math.inf)]
+    if study["pipeline_check"]:
+        options.append("--pipeline-check")
+    return " ".join(map(str, options))
+
+
+def run_of(path):
+    """results/<study>/runs/<recipe>/lr=<lr>/seed=<seed>/metrics.json -> (recipe, lr, seed)."""
+    seed_dir = Path(path).parent
+    return seed_dir.parent.parent.name, seed_dir.parent.name.split("=", 1)[1], seed_dir.name.split("=", 1)[1]
 
 
 def study_tables(study):
@@ -146,14 +158,15 @@ check_studies()
 
 
 def batching_on():
-    """batch_runs: auto batches when the jobs train on a GPU (as seen from where snakemake runs)."""
+    """batch_runs: auto batches when the config says the jobs train on a GPU (device: cuda).
+
+    Decided by the config alone, never by the machine that runs `snakemake` (a login node
+    without a GPU submits GPU jobs). How runs are grouped into jobs never makes a finished run
+    stale: see the params of the training rules (train.smk) and the workflow profile.
+    """
     if config["batch_runs"] != "auto":
         return config["batch_runs"] in (True, "true")
-    if config["device"] != "auto":
-        return config["device"] == "cuda"
-    import torch
-
-    return torch.cuda.is_available()
+    return config["device"] == "cuda"
 
 
 def batch_outputs(study, recipe_id):
@@ -175,7 +188,7 @@ wildcard_constraints:
     group=r"[0-9]+",
 
 
-# What `snakemake` builds with no target (`rule all`, in the Snakefile: Snakemake ignores
+# What `snakemake` builds with no target (the Snakefile's `all`: Snakemake ignores a
 # default_target in included files). Other rule files append to this list, e.g. report.smk
 # adds the HTML report; `rule all` reads it only after every file is included.
 # Every run's metrics.json is a target too: Snakemake does not rebuild a deleted intermediate

@@ -71,6 +71,8 @@ def start_mlflow_server():
             raise WorkflowError(f"mlflow_server: `mlflow server` did not start at {uri} "
                                 f"({tail[0]}); see {log_path}")
         time.sleep(0.5)
+    # Set here, for the jobs to inherit: `snakemake --lint` asks to assert it with `envvars`,
+    # which is for variables a workflow reads and requires (this one is optional, and written).
     os.environ["MLFLOW_TRACKING_URI"] = uri
     print(f"mlflow server at {uri} (store {backend}, log {log_path}); jobs log there", file=sys.stderr)
 

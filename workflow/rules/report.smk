@@ -33,7 +33,7 @@ rule report:
     resources:
         mem_mb=2000,
     shell:
-        "mnistbench report --study-dir {params.study_dir:q} --out {params.out:q} "
+        "{MNISTBENCH} report --study-dir {params.study_dir:q} --out {params.out:q} "
         "--study-config {params.study_config:q} > {log:q} 2>&1"
 
 
