@@ -496,6 +496,8 @@ FINDINGS_END = "<!-- end of findings -->"
 def findings_table(study_dir) -> str:
     """The README's findings: one line per published number of the study, from its tables."""
     study_dir = Path(study_dir)
+    if not (study_dir / "summary.csv").exists():
+        return f"No finished runs in `{study_dir}` yet."
     runs, summary = load_tables(study_dir)
     metrics = load_metrics(runs, study_dir)
     lines = ["| published number | published | replicated (mean ± sd, runs) | verdict |",

@@ -143,3 +143,12 @@ def test_a_recorded_run_of_each_protocol_family_audits(code, data_dir):
         for key, delta in [("test_accuracy", 0.5), ("val_accuracy", 0.5)]:
             if f"{key} " in done.stdout:
                 assert float(done.stdout.split(f"{key} ")[1].split(",")[0].split(" ")[0]) <= delta
+
+
+def test_readme_findings_are_generated_from_the_record():
+    """The README's findings table is `mnistbench findings` of the tracked record, never typed."""
+    from mnistbench.report import FINDINGS_END, FINDINGS_START, findings_table
+
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split(FINDINGS_START, 1)[1].split(FINDINGS_END, 1)[0].strip()
+    assert block == findings_table(RECORD).strip(), "run `mnistbench findings` and commit README.md"
