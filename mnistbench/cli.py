@@ -78,9 +78,30 @@ def _check_writable(out: Path) -> None:
 
 # --- commands -------------------------------------------------------------------------------
 
-def cmd_recipes(args) -> None:
-    from .recipes import all_recipes
+def _workflow_config(path: str = "config/config.yaml") -> dict | None:
+    """The workflow config, if there is one here (the card lists the studies that use a recipe)."""
+    import yaml
 
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def cmd_recipes(args) -> None:
+    from .recipes import UnknownRecipe, all_recipes
+
+    if args.recipe:
+        from .card import card, render_card
+
+        try:
+            if args.json:
+                print(json.dumps(dict(card(args.recipe, _workflow_config())), indent=1))
+            else:
+                print(render_card(args.recipe, _workflow_config()))
+        except UnknownRecipe as err:
+            raise UsageError(str(err)) from None
+        return
     rows = []
     for r in all_recipes().values():
         published = f"{r.published_accuracy:.2f}" if r.published_accuracy is not None else "-"
@@ -404,6 +425,13 @@ def cmd_report(args) -> None:
     print(html.resolve())
 
 
+def cmd_docs(args) -> None:
+    from .card import write_docs
+
+    changed = write_docs(_workflow_config())
+    log(f"updated {', '.join(map(str, changed))}" if changed else "docs already up to date")
+
+
 def cmd_findings(args) -> None:
     from .report import ReportError, update_findings
 
@@ -459,7 +487,7 @@ def cmd_audit(args) -> None:
 COMMANDS = {"recipes": cmd_recipes, "train": cmd_train, "train-batch": cmd_train_batch, "download": cmd_download,
             "ensemble": cmd_ensemble, "aggregate": cmd_aggregate, "mlflow-sync": cmd_mlflow_sync,
             "report": cmd_report, "progress": cmd_progress, "audit": cmd_audit,
-            "findings": cmd_findings}
+            "findings": cmd_findings, "docs": cmd_docs}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -470,8 +498,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mnistbench {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("recipes", help="list every recipe with its published accuracy")
+    p = sub.add_parser("recipes", help="list every recipe with its published accuracy, or show "
+                       "one recipe's card")
+    p.add_argument("recipe", nargs="?", metavar="ID", help="a recipe id: its card (published row, "
+                   "protocol field by field, studies, where its outputs are)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("docs", help="regenerate docs/recipes.md and the protocol wording of "
+                       "docs/protocols.md (run from the project root)")
 
     p = sub.add_parser("train", help="train one run of a recipe and write DIR/metrics.json")
     p.add_argument("--recipe", required=True, help="recipe id (see 'mnistbench recipes')")

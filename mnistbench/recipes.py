@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
+from .data import PIXEL_SCALINGS
 from .models import Arch
 
 
@@ -36,18 +37,13 @@ class Protocol:
     shuffle_expanded_once: bool = False  # the book's expanded file is shuffled once, not per epoch
 
     def describe(self) -> str:
+        """The code whose protocol this is; the fields themselves read as protocol_fields says."""
         return {
-            "network": "network.py: first 50,000 train / 10,000 validation, pixels k/256, "
-                       "weights and biases N(0, 1), reshuffled every epoch",
-            "network2": "network2.py: first 50,000 train / 10,000 validation, pixels k/256, "
-                        "reshuffled every epoch, L2 as weight decay lambda/n on weights only",
-            "network3": "network3.py: first 50,000 train / 10,000 validation, pixels k/256, never "
-                        "shuffled, softmax layer zero-initialised, L2 as weight decay "
-                        "lambda/num_training_batches on weights only",
-            "articles": "PyTorch articles: all 60,000 train, pixels k/255 (ToTensor), reshuffled "
-                        "every epoch, PyTorch default init, weight_decay on all parameters",
-            "tutorial": "PyTorch tutorial: all 60,000 train, pixels k/255 (ToTensor), reshuffled "
-                        "every epoch, PyTorch default init",
+            "network": "network.py, the book's chapter-1 code",
+            "network2": "network2.py, the book's chapter-3 code",
+            "network3": "network3.py, the book's chapter-6 (Theano) code",
+            "articles": "the PyTorch articles' code (nestedsoftware/pytorch)",
+            "tutorial": "the PyTorch tutorials' code",
         }[self.code]
 
 
@@ -236,3 +232,109 @@ def get_recipe(recipe_id: str) -> Recipe:
         return all_recipes()[recipe_id]
     except KeyError:
         raise UnknownRecipe(recipe_id) from None
+
+
+# --- the protocol in words: the one wording of each field, rendered into the recipe card
+# (`mnistbench recipes ID`, docs/recipes.md), the report and docs/protocols.md --------------
+
+SPLIT_TEXT = {
+    "nielsen": "first 50,000 training images train, the last 10,000 validate, official 10,000 test",
+    "official": "all 60,000 training images train, official 10,000 test, no validation",
+}
+ORDER_TEXT = {True: "reshuffled every epoch", False: "never shuffled: mini-batch i is always the same images"}
+INIT_TEXT = {  # models.init_weights
+    "network": "every weight and bias N(0, 1)",
+    "network2": "weights N(0, 1/sqrt(n_in)), biases N(0, 1)",
+    "network3": "conv weights N(0, sqrt(1/(filters*25/4))), fc weights N(0, sqrt(1/n_out)), biases "
+                "N(0, 1), softmax layer zeros",
+    "pytorch": "PyTorch's default initialisation",
+}
+LOSS_TEXT = {  # train.LOSSES
+    "quadratic": "0.5 ||sigmoid(z) - y||^2 per image, mean over the mini-batch",
+    "mse": "nn.MSELoss on sigmoid outputs (also averages over the 10 outputs)",
+    "binary_cross_entropy": "binary cross-entropy summed over the 10 sigmoid outputs, mean over the mini-batch",
+    "cross_entropy": "softmax + mean negative log-likelihood",
+}
+L2_TEXT = {  # Protocol.l2_divisor
+    "images": "lambda / n (n = training images), on weights only",
+    "batches": "lambda / number of mini-batches per epoch, on weights only",
+    "none": "PyTorch weight_decay as given, on weights and biases",
+}
+SELECTION_TEXT = {  # train.select
+    "peak": "the highest accuracy over all epochs on the {split} set",
+    "best_validation": "the test accuracy of the last epoch whose validation accuracy was the best so "
+                       "far (network3.py)",
+    "final": "the test accuracy after the last epoch",
+}
+MASKS_TEXT = {  # models.seed_dropout
+    "-": "no dropout",
+    "shared": "one mask stream for every run, equal masks for equal-width layers (network3.py's "
+              "constant-seeded Theano streams)",
+    "independent": "a mask stream per run and per layer",
+}
+TEST_MODE_TEXT = {  # train.predict
+    "eval": "dropout off (eval mode)",
+    "train": "dropout active, as published (the notebook never calls net.eval()); the eval-mode "
+             "accuracy is recorded beside it",
+}
+FIELD_WORDING = {"split": SPLIT_TEXT, "pixels": PIXEL_SCALINGS, "initialisation": INIT_TEXT,
+                 "cost": LOSS_TEXT, "L2 regularisation": L2_TEXT, "data order": ORDER_TEXT,
+                 "selection rule": SELECTION_TEXT, "dropout masks": MASKS_TEXT,
+                 "test-time mode": TEST_MODE_TEXT}
+
+
+def published_selection_text(recipe: Recipe) -> str:
+    """How the source selected its published number, in words (the table's typed columns)."""
+    epoch = {"peak": "the peak epoch of", "best_validation": "the best-validation epoch of",
+             "final": "the final epoch of"}.get(recipe.selection, "")
+    if recipe.best_of == 1:
+        return f"{epoch} a single run".strip()
+    by = {"validation": "the run with the best validation accuracy",
+          "test": "the run with the best reported (test) accuracy"}[recipe.best_chosen_by]
+    return f"{epoch} {by} among {recipe.best_of} runs".strip()
+
+
+def planned_train_images(recipe: Recipe) -> int:
+    """The training images the recipe's data holds: its split or subset, 5x if expanded."""
+    return (recipe.train_subset or SPLIT_SIZE[recipe.protocol.split]) * (5 if recipe.expand else 1)
+
+
+def protocol_fields(recipe: Recipe, weight_decays: list[float] | None = None) -> list[tuple[str, str]]:
+    """The recipe's protocol, field by field, in words. weight_decays: what runs resolved the L2
+    to (a study that trains on fewer images changes it); default: the published data's."""
+    if recipe.kind == "baseline":
+        return [("method", recipe.notes), ("split", SPLIT_TEXT["nielsen"]),
+                ("pixels", PIXEL_SCALINGS.get(recipe.scaling, "not used")),
+                ("published number", "deterministic: one run")]
+    if recipe.kind == "ensemble":
+        from .ensemble import SIZE, VOTE_RULE
+
+        members = all_recipes()[recipe.members]
+        return [("method", recipe.notes), ("vote", f"{SIZE} nets: {VOTE_RULE}"),
+                ("members", f"{members.id}: {members.protocol.describe()}"),
+                ("dropout masks", MASKS_TEXT[members.dropout_masks])] + (
+                    [("variant", recipe.variant)] if recipe.variant else [])
+    protocol = recipe.protocol
+    weight_decays = weight_decays or [recipe.weight_decay(planned_train_images(recipe))]
+    l2 = (f"lambda = {recipe.l2:g}; {L2_TEXT[protocol.l2_divisor]} = weight_decay "
+          f"{', '.join(f'{w:.3g}' for w in weight_decays)}" if recipe.l2 else "none")
+    split = SPLIT_TEXT[protocol.split]
+    if recipe.train_subset:
+        split += f"; only the first {recipe.train_subset:,} training images"
+    if recipe.expand:
+        split += f"; expanded 5x by 1-pixel shifts to {recipe.train_images:,} images"
+    return [
+        ("protocol", f"{protocol.family} ({protocol.describe()})"),
+        ("split", split),
+        ("pixels", PIXEL_SCALINGS[recipe.scaling]),
+        ("initialisation", INIT_TEXT[recipe.init]),
+        ("cost", LOSS_TEXT[recipe.loss]),
+        ("L2 regularisation", l2),
+        ("data order", ORDER_TEXT[protocol.shuffle]),
+        ("optimiser", f"SGD, lr {recipe.lr:g}, momentum {recipe.momentum:g}, mini-batch "
+                      f"{recipe.batch_size}, {recipe.epochs} epochs"),
+        ("selection rule", SELECTION_TEXT[recipe.selection].format(split=recipe.selection_split)),
+        ("dropout masks", MASKS_TEXT[recipe.dropout_masks]),
+        ("test-time mode", TEST_MODE_TEXT[recipe.test_mode]),
+        ("published number", published_selection_text(recipe)),
+    ] + ([("variant", recipe.variant)] if recipe.variant else [])

@@ -28,43 +28,13 @@ import pandas as pd
 
 from . import figures, stats
 from .aggregate import UNLEARNED_RECALL, missed_a_digit
-from .data import PIXEL_SCALINGS
 from .record import core_seconds
-from .recipes import all_recipes, published_table
+from .recipes import all_recipes, protocol_fields, published_selection_text, published_table
 from .tracking import experiment_name
 
 FIGURES_DIR = "figures"  # overview figures: published_vs_replicated, lr_sensitivity, protocol_comparison
 CURVES_DIR = "learning_curves"  # one <recipe>.png/.svg per trained recipe
 
-SELECTION_TEXT = {
-    "peak": "the highest accuracy over all epochs on the {split} set",
-    "best_validation": "the test accuracy of the last epoch whose validation accuracy was the best so "
-                       "far (network3.py)",
-    "final": "the test accuracy after the last epoch",
-}
-INIT_TEXT = {  # mnistbench.models.init_weights
-    "network": "every weight and bias N(0, 1)",
-    "network2": "weights N(0, 1/sqrt(n_in)), biases N(0, 1)",
-    "network3": "conv weights N(0, sqrt(1/(filters*25/4))), fc weights N(0, sqrt(1/n_out)), biases "
-                "N(0, 1), softmax layer zeros",
-    "pytorch": "PyTorch's default initialisation",
-}
-L2_TEXT = {  # Protocol.l2_divisor
-    "images": "lambda / n (n = training images), on weights only",
-    "batches": "lambda / number of mini-batches per epoch, on weights only",
-    "none": "PyTorch weight_decay as given, on weights and biases",
-}
-MASKS_TEXT = {  # Recipe.dropout_masks, models.seed_dropout
-    "-": "no dropout",
-    "shared": "one mask stream for every run, equal masks for equal-width layers (network3.py's "
-              "constant-seeded Theano streams)",
-    "independent": "a mask stream per run and per layer",
-}
-TEST_MODE_TEXT = {
-    "eval": "dropout off (eval mode)",
-    "train": "dropout active, as published (the notebook never calls net.eval()); the eval-mode "
-             "accuracy is recorded beside it",
-}
 REPORT_PACKAGES = ["pandas", "numpy", "scipy", "matplotlib", "seaborn", "jinja2", "mlflow", "snakemake"]
 CONFIG_HIDDEN = {"recipe", "published_id", "seed", "group", "members_recipe", "vote"}
 
@@ -231,7 +201,7 @@ def judge_recipes(runs: pd.DataFrame, summary: pd.DataFrame, metrics: dict[int, 
             "protocol": member.protocol.family if member.protocol else "nielsen",
             "published": published, "published_text": published_row["published_accuracy_pct"],
             "reported_split": published_row["reported_split"],
-            "selection_text": stats.published_selection_text(recipe), "k": k, "k_note": k_note,
+            "selection_text": published_selection_text(recipe), "k": k, "k_note": k_note,
             "best_chosen_by": recipe.best_chosen_by, "variant": recipe.variant,
             "published_id": recipe.published_id, "printed_as": recipe.printed_as,
             "published_lr": member.lr, "runs": int(line.get("runs", 0)), "n": n,
@@ -299,35 +269,9 @@ def config_table(indices: list[int], metrics: dict[int, dict]) -> list[tuple[str
 
 
 def protocol_notes(recipe, configs: list[dict]) -> list[tuple[str, str]]:
-    if recipe.kind == "baseline":
-        return [("method", recipe.notes), ("data", "first 50,000 training images; official 10,000 test "
-                                           "images; deterministic (no seed)")]
-    if recipe.kind == "ensemble":
-        from .ensemble import VOTE_RULE
-
-        members = all_recipes()[recipe.members]
-        return [("method", f"{recipe.notes}"), ("vote", VOTE_RULE),
-                ("members", f"{members.id}: {members.protocol.describe()}")]
-    protocol = recipe.protocol
-    weight_decay = sorted({c.get("weight_decay") for c in configs if c.get("weight_decay") is not None})
-    l2 = (f"lambda = {recipe.l2:g}; {L2_TEXT[protocol.l2_divisor]} = weight_decay "
-          f"{', '.join(f'{w:.3g}' for w in weight_decay)}" if recipe.l2 else "none")
-    split = ("50,000 train / 10,000 validation (the last 10,000 of the official training set) / "
-             "10,000 test" if protocol.split == "nielsen"
-             else "all 60,000 train / 10,000 test, no validation")
-    return [
-        ("protocol", f"{protocol.family} ({protocol.describe()})"),
-        ("split", split + (f"; training data expanded 5x by 1-pixel shifts to {recipe.train_images:,} images"
-                           if recipe.expand else "")),
-        ("pixels", PIXEL_SCALINGS[recipe.scaling]),
-        ("initialisation", INIT_TEXT[recipe.init]),
-        ("L2 regularisation", l2),
-        ("data order", "reshuffled every epoch" if protocol.shuffle else "never shuffled (fixed order)"),
-        ("selection rule", SELECTION_TEXT[recipe.selection].format(split=recipe.selection_split)),
-        ("dropout masks", MASKS_TEXT[recipe.dropout_masks]),
-        ("test-time mode", TEST_MODE_TEXT[recipe.test_mode]),
-        ("published number", stats.published_selection_text(recipe)),
-    ] + ([("variant", recipe.variant)] if recipe.variant else [])
+    """The recipe's protocol in words, with the weight decay its runs resolved to."""
+    weight_decays = sorted({c.get("weight_decay") for c in configs if c.get("weight_decay") is not None})
+    return protocol_fields(recipe, weight_decays or None)
 
 
 def run_records(indices: list[int], runs: pd.DataFrame) -> list[dict]:

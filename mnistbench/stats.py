@@ -100,17 +100,6 @@ def best_of_k_interval(chooser: list[float], value: list[float], k: int,
     return low, high, mean
 
 
-def published_selection_text(recipe) -> str:
-    """How the source selected its published number, in words (the table's typed columns)."""
-    epoch = {"peak": "the peak epoch of", "best_validation": "the best-validation epoch of",
-             "final": "the final epoch of"}.get(recipe.selection, "")
-    if recipe.best_of == 1:
-        return f"{epoch} a single run".strip()
-    by = {"validation": "the run with the best validation accuracy",
-          "test": "the run with the best reported (test) accuracy"}[recipe.best_chosen_by]
-    return f"{epoch} {by} among {recipe.best_of} runs".strip()
-
-
 def printed_range(published_text: str, printed_as: str = "rounded") -> tuple[float, float]:
     """The values a published number stands for. Rounded: +- half its last digit ('87.1' ->
     87.05-87.15, '99' -> 98.5-99.5). Truncated (printed with %d): '99' -> 99.00-99.99..."""

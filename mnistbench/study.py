@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .ensemble import SIZE as ENSEMBLE_SIZE
-from .recipes import SPLIT_SIZE, all_recipes
+from .recipes import SPLIT_SIZE, all_recipes, planned_train_images
 from .record import RecordError, core_seconds, find_records, is_finished, lr_label, read_record, run_dir
 from .stats import MIN_RUNS
 
@@ -109,9 +109,8 @@ def _cost_class(recipe) -> str:
 
 def planned_images(recipe, spec: dict) -> int:
     """Training images one run of the recipe trains in this study (epochs x images)."""
-    epochs = spec.get("epochs", recipe.epochs)
-    images = min(spec.get("train_subset", math.inf), recipe.train_subset or SPLIT_SIZE[recipe.protocol.split])
-    return int(epochs * images * (5 if recipe.expand else 1))
+    subset = min(spec.get("train_subset", math.inf), recipe.train_subset or SPLIT_SIZE[recipe.protocol.split])
+    return spec.get("epochs", recipe.epochs) * planned_train_images(recipe.with_overrides(train_subset=subset))
 
 
 @dataclass

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from . import __version__
 from .data import Splits, make_splits
 from .models import Dropout, advance_dropout, create, decayed_parameters
-from .recipes import SPLIT_SIZE, Recipe
+from .recipes import Recipe, planned_train_images
 
 EVAL_BATCH = 1000
 PROGRESS_EVERY_S = 15.0  # mid-epoch progress lines on long epochs
@@ -125,7 +125,7 @@ def planned_config(recipe: Recipe, seed: int, device, n_train: int | None = None
     """Everything that decides a run's numbers; n_train defaults to the images the recipe's data
     has (its split or subset, 5x if expanded), so a record can be checked without loading data."""
     if n_train is None:
-        n_train = (recipe.train_subset or SPLIT_SIZE[recipe.protocol.split]) * (5 if recipe.expand else 1)
+        n_train = planned_train_images(recipe)
     return RunConfig(
         recipe=recipe.id, published_id=recipe.published_id, protocol=recipe.protocol.family,
         protocol_code=recipe.protocol.code, seed=seed, lr=recipe.lr, epochs=recipe.epochs,

@@ -109,3 +109,34 @@ def test_unknown_recipe_lists_the_valid_ones():
     with pytest.raises(UnknownRecipe) as err:
         get_recipe("nielsen_ch6_nope")
     assert "nielsen_ch6_basic_conv" in str(err.value) and "seed_final" in str(err.value)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("recipe_id", list(all_recipes()))
+def test_every_recipe_card_names_protocol_and_outputs(recipe_id):
+    from mnistbench.card import card
+
+    fields = dict(card(recipe_id))
+    assert {"published", "network", "studies", "run records", "tables", "report"} <= set(fields)
+    recipe = get_recipe(recipe_id)
+    if recipe.kind == "network":
+        assert {"split", "pixels", "initialisation", "cost", "L2 regularisation", "data order",
+                "selection rule", "dropout masks", "test-time mode", "published number"} <= set(fields)
+        from mnistbench.data import PIXEL_SCALINGS
+
+        assert fields["pixels"] == PIXEL_SCALINGS[recipe.scaling] and f"lr {recipe.lr:g}" in fields["optimiser"]
+    assert recipe_id in fields["run records"]
+
+
+def test_generated_docs_are_up_to_date():
+    """docs/recipes.md and the wording block of docs/protocols.md are `mnistbench docs` output."""
+    import yaml
+
+    from mnistbench.card import WORDING_END, WORDING_START, recipes_page, wording_block
+
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    assert (ROOT / "docs" / "recipes.md").read_text() == recipes_page(config), "run `mnistbench docs`"
+    protocols = (ROOT / "docs" / "protocols.md").read_text()
+    assert protocols.split(WORDING_START, 1)[1].split(WORDING_END, 1)[0].strip() == wording_block()

@@ -115,11 +115,11 @@ def test_printed_ranges():
 
 
 def test_selection_in_words():
-    from mnistbench.recipes import get_recipe
+    from mnistbench.recipes import get_recipe, published_selection_text
 
-    assert stats.published_selection_text(get_recipe("nielsen_ch6_dbl_conv")) == (
+    assert published_selection_text(get_recipe("nielsen_ch6_dbl_conv")) == (
         "the best-validation epoch of the run with the best validation accuracy among 3 runs")
-    assert stats.published_selection_text(get_recipe("seed_relu")) == "the final epoch of a single run"
+    assert published_selection_text(get_recipe("seed_relu")) == "the final epoch of a single run"
 
 
 def test_verdicts_against_the_prediction_interval():
