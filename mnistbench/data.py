@@ -28,7 +28,10 @@ MNIST_FILES = {
     "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
 }
 
-NIELSEN_TRAIN_SIZE = 50_000  # the book trains on the first 50,000; the last 10,000 validate
+# Training images of each split: the book trains on the first 50,000 and validates on the last
+# 10,000 of the official 60,000; the articles train on all 60,000.
+SPLIT_SIZE = {"nielsen": 50_000, "official": 60_000}
+NIELSEN_TRAIN_SIZE = SPLIT_SIZE["nielsen"]
 # The book's expand_mnist.py shuffles the 250,000 images once, into one file that every run
 # reads in the same order. We model that file with one fixed shuffle, independent of the run seed.
 EXPANSION_SHUFFLE_SEED = 0
@@ -143,7 +146,7 @@ class Splits:
 PIXEL_SCALINGS = {
     "k/256": "k/256, in [0, 255/256] (the book's mnist.pkl.gz)",
     "k/255": "k/255, in [0, 1] (torchvision's ToTensor())",
-    "normalized": "ToTensor(), then normalised with mean 0.1305, sd 0.3081",
+    "normalized": f"ToTensor(), then normalised with mean {ARTICLE_MEAN}, sd {ARTICLE_STD}",
 }
 
 

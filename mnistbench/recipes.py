@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
-from .data import PIXEL_SCALINGS
+from .baselines import BASELINES
+from .data import PIXEL_SCALINGS, SPLIT_SIZE
 from .models import Arch
 
 
@@ -151,15 +152,13 @@ _STRUCTURE: dict[str, tuple[str, Arch | None, dict]] = {
     "tutorial_cnn_wide": ("tutorial", Arch(convs=(150, 64), conv_padding=2, hidden=(1024, 500),
                                            dropout=0.5, dropout_style="inverted", dropout_from=1), {}),
 }
-_BASELINES = {"nielsen_ch1_darkness", "nielsen_ch1_svm"}
 _ENSEMBLES = {"nielsen_ch6_ensemble": "nielsen_ch6_dropout"}
-SPLIT_SIZE = {"nielsen": 50_000, "official": 60_000}
 
 # Named variants: a published row trained under another reading of its source. Each replicates
 # the same published number and is reported beside the faithful recipe, never instead of it.
 VARIANTS: dict[str, tuple[str, str, dict]] = {
     # The articles' repository normalised its inputs only after the articles were published.
-    "seed_relu_wd01_normalized": ("seed_relu_wd01", "pixels normalised (mean 0.1305, sd 0.3081), "
+    "seed_relu_wd01_normalized": ("seed_relu_wd01", "pixels normalised (ToTensor, then mean/sd), "
                                   "as the articles' repository does since 2019-09-15",
                                   dict(scaling="normalized")),
     # network3's constant-seeded masks vs a mask stream per run and per layer.
@@ -188,7 +187,7 @@ def _recipe(row: dict[str, str]) -> Recipe:
                   published_accuracy=float(row["published_accuracy_pct"]) if row["published_accuracy_pct"] else None,
                   printed_as=row["printed_as"], best_of=int(row["best_of"]),
                   best_chosen_by=row["best_chosen_by"])
-    if row["id"] in _BASELINES:
+    if row["id"] in BASELINES:
         return Recipe(kind="baseline", selection="final", notes=row["network"],
                       scaling=row["pixels"], **common)
     if row["id"] in _ENSEMBLES:
