@@ -11,8 +11,8 @@ path depends on:
   it is bit-identical to eager training;
 - a failed capture falls back to eager training on the right stream, after a synchronisation,
   says why, and records it in the run's metrics;
-- saved states hold CPU tensors only, configure_cuda's settings and the dropout masks have
-  fixed values that a GPU run can be compared with.
+- saved states hold CPU tensors only; configure_cuda's settings allow training (the golden
+  values of the dropout hash and masks, to compare a GPU's with, are in tests/test_models.py).
 The tests marked for CUDA run only where a GPU is visible (docs/performance.md has the command).
 """
 
@@ -25,7 +25,6 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 from torch.overrides import TorchFunctionMode
@@ -35,7 +34,6 @@ from torch.utils._pytree import tree_flatten
 from mnistbench import batched, cli, train as train_module
 from mnistbench.batched import GRAPH_WARMUP_STEPS, StackedRuns, train_batch
 from mnistbench.data import Splits
-from mnistbench.models import Dropout, _hash32
 from mnistbench.recipes import all_recipes, get_recipe
 from mnistbench.train import configure_cuda, load_data, resolve_config, train
 
@@ -161,8 +159,8 @@ class Recorder(TorchDispatchMode):
             if isinstance(value, torch.Tensor):
                 self.produced.add(id(value))
         view = any(r.alias_info is not None for r in func._schema.returns)
+        # (holding every output also keeps the ids in self.produced unique)
         self.ops.append((func, args, kwargs, out, "mutate" if written else "view" if view else "compute"))
-        self._keep_alive = getattr(self, "_keep_alive", []) + [out]  # ids stay unique
         return out
 
     def undo(self):
@@ -290,11 +288,12 @@ def small_evaluation(data: Splits) -> Splits:
 
 
 def assert_identical(a: dict, b: dict) -> None:
-    # as JSON, like metrics.json, so that a NaN loss equals a NaN loss
-    strip = lambda r: json.dumps({k: v for k, v in r.items() if k not in VOLATILE | {"history", "final_model"}})  # noqa: E731
-    assert strip(a) == strip(b)
-    epochs = lambda r: json.dumps([{k: v for k, v in h.items() if k not in VOLATILE} for h in r["history"]])  # noqa: E731
-    assert epochs(a) == epochs(b)
+    def comparable(result):  # as JSON, like metrics.json, so that a NaN loss equals a NaN loss
+        kept = {k: v for k, v in result.items() if k not in VOLATILE | {"final_model"}}
+        kept["history"] = [{k: v for k, v in h.items() if k not in VOLATILE} for h in result["history"]]
+        return json.dumps(kept)
+
+    assert comparable(a) == comparable(b)
     assert a["final_model"].keys() == b["final_model"].keys()
     for key in a["final_model"]:
         torch.testing.assert_close(a["final_model"][key], b["final_model"][key], rtol=0, atol=0,
@@ -426,7 +425,7 @@ def test_a_gpu_run_loads_without_a_gpu(data_dir, tmp_path):
                    env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
 
 
-# --- 5. determinism settings and the dropout masks ------------------------------------------
+# --- 5. determinism settings --------------------------------------------------------------
 
 @pytest.fixture
 def restore_cuda_settings(monkeypatch):
@@ -451,61 +450,5 @@ def test_configure_cuda_then_training_works(data_dir, restore_cuda_settings):
     assert train_batch([(recipe, 1), (recipe, 2)])[1]["status"] == "finished"
 
 
-def lowbias32(x: int) -> int:
-    """Chris Wellons' lowbias32 (https://nullprogram.com/blog/2018/07/31/), in plain Python."""
-    x &= 0xFFFFFFFF
-    x ^= x >> 16
-    x = (x * 0x7FEB352D) & 0xFFFFFFFF
-    x ^= x >> 15
-    x = (x * 0x846CA68B) & 0xFFFFFFFF
-    return x ^ (x >> 16)
-
-
-HASH_INPUTS = [0, 1, 2, 7919, 123456789, 0xFFFFFFFF, 2**32 + 5, 2**40 + 3]
-HASH_GOLDEN = [0, 1753845952, 3507691905, 2358071405, 2834422664, 1734902346, 1548080446, 1408362973]
-# Indices of the elements kept by Dropout for rng = (stream 987654321, step 41), 2 x 12 elements.
-MASK_GOLDEN = {
-    ("nielsen", 0.5, None): [0, 2, 7, 9, 12, 13, 15, 22],
-    ("inverted", 0.25, (0, 1)): [0, 1, 2, 3],  # Dropout2d: one draw per (sample, channel)
-}
-DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_hash32_golden_values(device):
-    assert [lowbias32(x) for x in HASH_INPUTS] == HASH_GOLDEN
-    hashed = _hash32(torch.tensor(HASH_INPUTS, dtype=torch.int64, device=device))
-    assert hashed.tolist() == HASH_GOLDEN
-
-
-@pytest.mark.parametrize("style, p, mask_dims", list(MASK_GOLDEN), ids=["elementwise", "channels"])
-@pytest.mark.parametrize("device", DEVICES)
-def test_dropout_mask_golden_values(style, p, mask_dims, device):
-    layer = Dropout(p, style, mask_dims).to(device)
-    layer.rng[0], layer.rng[1] = 987654321, 41
-    shape = (2, 12) if mask_dims is None else (2, 3, 4, 4)
-    out = layer(torch.ones(shape, dtype=torch.float64, device=device))
-    units = out if mask_dims is None else out[:, :, 0, 0]  # one value per channel
-    kept = [i for i, v in enumerate(units.flatten().tolist()) if v != 0]
-    assert kept == MASK_GOLDEN[(style, p, mask_dims)]
-    # the same mask from the hash in plain Python (float32 rounding of the 32-bit draw included)
-    key = lowbias32(lowbias32(987654321) ^ 41)
-    draws = [lowbias32(lowbias32(i + key) ^ key) for i in range(units.numel())]
-    assert kept == [i for i, d in enumerate(draws) if np.float32(d) * np.float32(2.0**-32) < np.float32(1 - p)]
-    if style == "inverted":
-        assert set(units.flatten().tolist()) <= {0.0, 1 / (1 - p)}
-
-
-# --- 6. the CUDA comparison with solo runs: see tests/test_batched.py ----------------------
-
-@CUDA
-def test_cuda_graphs_are_captured_and_replayed_on_a_gpu(data_dir):
-    base = get_recipe("tutorial_cnn_nll").with_overrides(train_subset=1050, epochs=2)
-    runs = [(base, 1), (base.with_overrides(lr=0.02), 2)]
-    data = load_data(base, device="cuda")
-    graphed = train_batch(runs, device="cuda", data=data, graphs=True)
-    eager = train_batch(runs, device="cuda", data=data, graphs=False)
-    assert graphed[0]["environment"]["cuda_graphs"] is True, graphed[0]["environment"]["cuda_graph_failure"]
-    for g, e in zip(graphed, eager):  # the same kernels on the same data: the same numbers
-        assert_identical(g, e)
-
+# 6. On a GPU, graph replays, eager batched steps and solo runs are compared in
+# tests/test_batched.py (test_cuda_graphs_give_the_eager_and_the_solo_results).
