@@ -18,7 +18,13 @@ forward/backward and a foreach update, with no host round trip (the loss is summ
 device and read once an epoch). On a GPU each step is captured once as a CUDA graph and then
 replayed, which removes the per-kernel launch cost that dominates at mini-batch 10
 (graphs=False, or MNISTBENCH_CUDA_GRAPHS=0, turns that off; capture failures fall back to eager).
+A graph replays kernels on the memory they were captured with, so every tensor the step reads is
+allocated once and updated in place (tests/test_gpu_path.py checks the addresses on the CPU).
 A run whose epoch loss is not finite is marked diverged and dropped from the stack; the others go on.
+
+Checkpoints. Like `train.train`, a batch saves each run's state after every epoch (the run
+folder's checkpoint.pt) and resumes from it, bit for bit on the CPU: a killed job loses at most
+the epoch it was in.
 """
 
 from __future__ import annotations
@@ -27,7 +33,9 @@ import copy
 import math
 import os
 import time
-from dataclasses import asdict
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
@@ -37,12 +45,13 @@ from .data import Splits
 from .models import Dropout, create, decayed_parameters
 from .recipes import Recipe
 from .train import (EVAL_BATCH, LOSSES, PROGRESS_EVERY_S, RunConfig, accuracy, configure_cuda,
-                    environment, epoch_order, load_data, num_batches, resolve_config, resolve_device,
-                    run_result)
+                    environment, epoch_order, load_checkpoint, load_data, num_batches, resolve_config,
+                    resolve_device, run_result, save_state)
 
 # RunConfig fields that may differ between the runs of one batch; all others must agree.
 PER_RUN_FIELDS = {"recipe", "published_id", "seed", "lr", "l2", "weight_decay"}
 GRAPH_WARMUP_STEPS = 3
+TRAINER = "train-batch"  # the kind of checkpoint this module writes (train.load_checkpoint)
 
 
 class IncompatibleRuns(ValueError):
@@ -66,7 +75,9 @@ class StackedRuns:
     """The parameters, buffers and SGD state of K runs, stacked along a leading run dimension."""
 
     def __init__(self, recipe: Recipe, cfgs: Sequence[RunConfig], data: Splits,
-                 device: torch.device, graphs: bool | None = None):
+                 device: torch.device, graphs: bool | None = None,
+                 states: Sequence[dict] | None = None):
+        """states: the runs' checkpoints to resume from (all or none), else fresh runs."""
         first = cfgs[0]
         self.cfgs, self.data, self.device = list(cfgs), data, device
         self.batch_size, self.momentum = first.batch_size, first.momentum
@@ -78,8 +89,11 @@ class StackedRuns:
         if graphs is None:
             graphs = device.type == "cuda" and os.environ.get("MNISTBENCH_CUDA_GRAPHS", "1") != "0"
         self.graphs = graphs and device.type == "cuda"
+        self.replays, self.graph_failure = 0, None
 
         models = [create(recipe.arch, first.init, cfg.seed, first.dropout_masks).to(device) for cfg in cfgs]
+        for model, state in zip(models, states or []):
+            model.load_state_dict(state["model"])
         template = models[0]
         self.state_keys = list(template.state_dict())
         decayed_ids = {id(p) for p in decayed_parameters(template, first.decay)[0]}
@@ -93,7 +107,10 @@ class StackedRuns:
         self.lr = torch.tensor([c.lr for c in cfgs], device=device)
         self.weight_decay = torch.tensor([c.weight_decay for c in cfgs], device=device)
         # torch's SGD initialises the momentum buffer to the first d; m*0 + d is exactly that.
-        self.velocity = {n: torch.zeros_like(p) for n, p in self.params.items()} if self.momentum else None
+        self.velocity = None
+        if self.momentum:
+            self.velocity = {n: torch.stack([s["velocity"][n] for s in states]).to(device) if states
+                             else torch.zeros_like(p) for n, p in self.params.items()}
         self.loss_sum = torch.zeros(len(cfgs), device=device)
         self.position = torch.zeros((), dtype=torch.long, device=device)
         self.columns = torch.arange(self.batch_size, device=device)
@@ -116,8 +133,10 @@ class StackedRuns:
         k = len(self.cfgs)
         # lr * weight_decay per run, shaped to broadcast against each decayed parameter
         lr_wd = self.lr * self.weight_decay
+        # decided on the host, from the configs: reading lr_wd would wait for the device
+        decays = any(c.lr * c.weight_decay != 0 for c in self.cfgs)
         self._decay = [(n, lr_wd.view(k, *[1] * (self.params[n].dim() - 1))) for n in self.decayed] \
-            if bool((lr_wd != 0).any()) else []
+            if decays else []
 
     def _step(self, columns: torch.Tensor) -> None:
         """One SGD step of every run on the mini-batch at `columns` of its epoch order."""
@@ -148,21 +167,29 @@ class StackedRuns:
 
         If capture fails (an op that syncs with the host, say), training goes on eagerly.
         """
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):  # warm-up on a side stream, as torch.cuda.graph asks
+        training_stream = torch.cuda.current_stream()
+        side = torch.cuda.Stream()
+        side.wait_stream(training_stream)
+        with torch.cuda.stream(side):  # warm-up on a side stream, as torch.cuda.graph asks
             for _ in range(GRAPH_WARMUP_STEPS):
                 self._next_step()
-        torch.cuda.current_stream().wait_stream(stream)
+        training_stream.wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
         try:
-            graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 self._next_step()  # recorded, not run: position and weights stay as they are
-            self.graph = graph
         except Exception as err:  # noqa: BLE001 -- whatever the reason, eager training still works
+            # When capture_end fails, torch.cuda.graph leaves its capture stream current: go
+            # back to the stream training ran on, and let everything queued so far finish
+            # before the first eager step.
+            torch.cuda.set_stream(training_stream)
+            torch.cuda.synchronize()
             self.graphs, self.graph = False, None
-            print(f"mnistbench: CUDA graph capture failed ({type(err).__name__}: {err}); "
-                  f"training without CUDA graphs", flush=True)
+            self.graph_failure = capture_failure(err)
+            print(f"mnistbench: CUDA graph capture failed, training without CUDA graphs: "
+                  f"{self.graph_failure}", flush=True)
+        else:
+            self.graph = graph
         return GRAPH_WARMUP_STEPS
 
     # --- epochs -----------------------------------------------------------------------------
@@ -185,6 +212,7 @@ class StackedRuns:
         for _ in range(count):
             if self.graph is not None:
                 self.graph.replay()
+                self.replays += 1
             else:
                 self._next_step()
 
@@ -242,41 +270,121 @@ class StackedRuns:
         stacked = {**self.params, **self.buffers}
         return {key: stacked[key][row].clone() for key in self.state_keys}
 
+    def velocity_of(self, row: int) -> dict | None:
+        """Run `row`'s momentum buffers as this module keeps them (lr * torch SGD's buffers)."""
+        return None if self.velocity is None else {n: v[row].clone() for n, v in self.velocity.items()}
+
+
+def capture_failure(err: BaseException) -> str:
+    """A failed capture's whole story: torch reports "operation failed due to a previous error
+    during capture" and the error that caused it (the op that was not capturable) is its
+    context; name every error in the chain and where the first one was raised."""
+    chain = [err]
+    while (cause := chain[-1].__cause__ or chain[-1].__context__) is not None and cause not in chain:
+        chain.append(cause)
+    story = " <- ".join(f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+                        for e in chain)
+    frames = traceback.extract_tb(chain[-1].__traceback__)
+    ours = [f for f in frames if f"{os.sep}mnistbench{os.sep}" in f.filename] or frames
+    return story + (f" (raised at {ours[-1].filename}:{ours[-1].lineno})" if ours else "")
+
+
+@dataclass
+class RunProgress:
+    """One run of a batch so far: restored from its checkpoint, updated after every epoch."""
+
+    history: list[dict] = field(default_factory=list)
+    status: str = "finished"
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    test_predictions: torch.Tensor | None = None
+    model: dict | None = None  # the last epoch's weights (a diverged run: those it stopped with)
+    velocity: dict | None = None
+    extra_state: dict = field(default_factory=dict)
+
+    @classmethod
+    def restore(cls, state: dict, extra_state: dict) -> "RunProgress":
+        history = state["history"]
+        return cls(history=history, status="diverged" if history and history[-1].get("diverged") else "finished",
+                   train_seconds=state["train_seconds"], eval_seconds=state["eval_seconds"],
+                   test_predictions=state["test_predictions"], model=state["model"],
+                   velocity=state["velocity"], extra_state={**state.get("extra_state", {}), **extra_state})
+
+    def save(self, path: Path, cfg: RunConfig) -> None:
+        save_state(path, {"trainer": TRAINER, "config": asdict(cfg), "model": self.model,
+                          "velocity": self.velocity, "history": self.history,
+                          "train_seconds": self.train_seconds, "eval_seconds": self.eval_seconds,
+                          "extra_state": self.extra_state, "test_predictions": self.test_predictions})
+
 
 def train_batch(runs: Sequence[tuple[Recipe, int]], *, device: str = "cpu", data: Splits | None = None,
                 data_dir=None, log: Callable[[str], None] | None = None,
                 on_epoch: Callable[[int, dict], None] | None = None,
-                graphs: bool | None = None) -> list[dict]:
+                graphs: bool | None = None, checkpoints: Sequence[Path | None] | None = None,
+                extra_states: Sequence[dict | None] | None = None) -> list[dict]:
     """Train every (recipe, seed) of `runs` together; one result per run, as train.train returns.
 
     The recipes may differ in lr and L2 only (Recipe.with_overrides(lr=...)); everything else
     (architecture, protocol, data, batch size, epochs, momentum) must agree.
     on_epoch(i, entry) is called with run i's history entry after every epoch.
+    checkpoints: run i's checkpoint file (or None): saved after every epoch, resumed from if it
+    exists, as train.train does. extra_states: small JSON-able values per run stored in its
+    checkpoint (the MLflow run id) and returned under "extra_state".
     """
     if not runs:
         raise ValueError("no runs to train")
     device = resolve_device(device)
+    if device.type == "cuda":
+        configure_cuda()  # before the first matrix product (CUBLAS_WORKSPACE_CONFIG)
     recipes = [r for r, _ in runs]
     data = data if data is not None else load_data(recipes[0], data_dir, device)
     cfgs = [resolve_config(r, seed, data, device) for r, seed in runs]
     check_compatible(recipes, cfgs)
-    if device.type == "cuda":
-        configure_cuda()
-    stack = StackedRuns(recipes[0], cfgs, data, device, graphs)
-    active = list(range(len(runs)))  # stack row -> index into runs
-    histories: list[list[dict]] = [[] for _ in runs]
-    status = ["finished"] * len(runs)
-    predictions: list[torch.Tensor | None] = [None] * len(runs)
-    final_models: list[dict | None] = [None] * len(runs)
-    train_seconds, eval_seconds = [0.0] * len(runs), [0.0] * len(runs)
+    checkpoints = list(checkpoints or [None] * len(runs))
+    progress = []
+    for cfg, path, extra in zip(cfgs, checkpoints, extra_states or [None] * len(runs)):
+        state = load_checkpoint(path, cfg, TRAINER) if path else None
+        progress.append(RunProgress.restore(state, extra or {}) if state else RunProgress(extra_state=dict(extra or {})))
     first = cfgs[0]
+    todo = [i for i, p in enumerate(progress) if p.status != "diverged" and len(p.history) < first.epochs]
+    stacks = []
+    # Runs that resume from the same epoch train together: normally all of them (a job killed
+    # between two runs' checkpoint writes leaves two groups, each trained correctly).
+    for start in sorted({len(progress[i].history) for i in todo}):
+        group = [i for i in todo if len(progress[i].history) == start]
+        if log and start:
+            log(f"resuming {len(group)} runs of {first.recipe} after epoch {start} from their checkpoints")
+        stacks.append(_train_together(recipes[0], [cfgs[i] for i in group], [progress[i] for i in group],
+                                      [checkpoints[i] for i in group], group, data, device, graphs,
+                                      log, on_epoch))
+
+    env = {**environment(device), "batched_runs": len(runs),
+           "cuda_graphs": any(stack.replays for stack in stacks),
+           "cuda_graph_failure": next((s.graph_failure for s in stacks if s.graph_failure), None)}
+    return [run_result(recipe, cfg, history=p.history, status=p.status, train_seconds=p.train_seconds,
+                       eval_seconds=p.eval_seconds, test_predictions=p.test_predictions,
+                       final_model=p.model, extra_state=p.extra_state, environment=env,
+                       test_labels=data.test_y)
+            for (recipe, _), cfg, p in zip(runs, cfgs, progress)]
+
+
+def _train_together(recipe: Recipe, cfgs: list[RunConfig], progress: list[RunProgress],
+                    checkpoints: list[Path | None], indices: list[int], data: Splits,
+                    device: torch.device, graphs: bool | None, log, on_epoch) -> StackedRuns:
+    """Train runs that stand at the same epoch as one stack, updating their progress in place.
+    indices: the runs' positions in train_batch's list (for on_epoch)."""
+    first = cfgs[0]
+    resumed = len(progress[0].history)
+    states = [{"model": p.model, "velocity": p.velocity} for p in progress] if resumed else None
+    stack = StackedRuns(recipe, cfgs, data, device, graphs, states)
+    active = list(range(len(cfgs)))  # stack row -> index into cfgs
     batch_images = stack.steps * first.batch_size
     if log:
-        log(f"training {len(runs)} runs of {first.recipe} together on {device}: seeds "
+        log(f"training {len(cfgs)} runs of {first.recipe} together on {device}: seeds "
             f"{sorted({c.seed for c in cfgs})}, lrs {sorted({c.lr for c in cfgs})}, {first.epochs} epochs"
             + (", CUDA graphs" if stack.graphs else ""))
 
-    for epoch in range(1, first.epochs + 1):
+    for epoch in range(resumed + 1, first.epochs + 1):
         if not active:
             break
         started = time.perf_counter()
@@ -301,7 +409,7 @@ def train_batch(runs: Sequence[tuple[Recipe, int]], *, device: str = "cpu", data
         diverged = [row for row, loss in enumerate(losses) if not math.isfinite(loss)]
         finite_rows = [row for row in range(len(stack)) if row not in diverged]
         for row in diverged:  # like a diverged solo run, it keeps the weights it stopped with
-            final_models[active[row]] = stack.state_dict(row)
+            progress[active[row]].model = stack.state_dict(row)
         if diverged and finite_rows:
             stack.keep(finite_rows)
         val = test = None
@@ -312,42 +420,35 @@ def train_batch(runs: Sequence[tuple[Recipe, int]], *, device: str = "cpu", data
         eval_s = time.perf_counter() - t_eval
 
         for row, i in enumerate(active):
+            run = progress[i]
             entry = {"epoch": epoch, "train_loss": losses[row]}
             if row in diverged:
-                status[i], predictions[i] = "diverged", None
+                run.status, run.test_predictions = "diverged", None
                 entry.update(val_accuracy=None, test_accuracy=None, diverged=True)
             else:
                 kept = finite_rows.index(row)
                 if val is not None:
                     entry["val_accuracy"] = accuracy(val[kept], data.val_y)
-                predictions[i] = test[kept]
+                run.test_predictions = test[kept]
                 entry["test_accuracy"] = accuracy(test[kept], data.test_y)
                 if test_eval_mode is not None:
                     entry["test_accuracy_eval_mode"] = accuracy(test_eval_mode[kept], data.test_y)
+                run.model, run.velocity = stack.state_dict(kept), stack.velocity_of(kept)
             entry["train_seconds"] = round(epoch_s, 3)
             entry["images_per_second"] = round(batch_images / epoch_s, 1)
-            histories[i].append(entry)
-            train_seconds[i] += epoch_s
-            eval_seconds[i] += eval_s
+            run.history.append(entry)
+            run.train_seconds += epoch_s
+            run.eval_seconds += eval_s
             if on_epoch:
-                on_epoch(i, entry)
+                on_epoch(indices[i], entry)
+        for i in active:
+            if checkpoints[i]:
+                progress[i].save(checkpoints[i], cfgs[i])
         if log:
-            accs = sorted(histories[i][-1]["test_accuracy"] for i in active if i not in
-                          {active[row] for row in diverged})
+            accs = sorted(progress[active[row]].history[-1]["test_accuracy"] for row in finite_rows)
             spread = f" test {accs[0]:.2f}..{accs[-1]:.2f}%" if accs else ""
             log(f"{first.recipe} epoch {epoch}/{first.epochs}: {len(active)} runs{spread} "
                 f"{batch_images * len(active) / epoch_s:,.0f} img/s (all runs)"
                 + (f", {len(diverged)} DIVERGED" if diverged else ""))
         active = [active[row] for row in finite_rows]
-
-    for row, i in enumerate(active):
-        final_models[i] = stack.state_dict(row)
-    env = environment(device)
-    results = []
-    for i, ((recipe, _), cfg) in enumerate(zip(runs, cfgs)):
-        results.append(run_result(
-            recipe, cfg, history=histories[i], status=status[i], train_seconds=train_seconds[i],
-            eval_seconds=eval_seconds[i], test_predictions=predictions[i],
-            final_model=final_models[i], extra_state={},
-            environment={**env, "batched_runs": len(runs)}, test_labels=data.test_y))
-    return results
+    return stack

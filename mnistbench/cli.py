@@ -178,6 +178,7 @@ def cmd_train_batch(args) -> None:
 
     from .batched import train_batch
     from .data import DataError
+    from .train import CheckpointError
 
     recipe = _recipe(args)
     if recipe.kind != "network":
@@ -205,7 +206,7 @@ def cmd_train_batch(args) -> None:
         _check_writable(out)
     if args.threads:
         torch.set_num_threads(args.threads)
-    run_args = [argparse.Namespace(**{**vars(args), "seed": seed, "no_checkpoint": True}) for _, seed in runs]
+    run_args = [argparse.Namespace(**{**vars(args), "seed": seed}) for _, seed in runs]
     started = time.time()
     trackers = []
     try:
@@ -213,8 +214,11 @@ def cmd_train_batch(args) -> None:
         on_epoch = (lambda i, entry: trackers[i].log_epoch(entry)) if args.mlflow else None
         results = train_batch(runs, device=args.device, data_dir=args.data_dir,
                               log=None if args.quiet else log, on_epoch=on_epoch,
-                              graphs=False if args.no_cuda_graphs else None)
-    except (DataError, ValueError) as err:
+                              graphs=False if args.no_cuda_graphs else None,
+                              checkpoints=None if args.no_checkpoint else [out / "checkpoint.pt" for out in outs],
+                              extra_states=[{"mlflow_run_id": t.run_id} if t and t.run_id else None
+                                            for t in trackers])
+    except (DataError, CheckpointError, ValueError) as err:
         for tracker in filter(None, trackers):
             tracker.abort("FAILED")
         raise UsageError(str(err)) from None
@@ -293,13 +297,11 @@ def _finish_tracking(tracker, result: dict, out: Path) -> None:
 
 def _write_run(out: Path, result: dict) -> None:
     """metrics.json last: its presence means the run is complete (Snakemake's output)."""
-    import torch
-
-    from .train import atomic_write
+    from .train import save_state
 
     weights = result.pop("final_model", None)
     if weights is not None:
-        atomic_write(out / "model.pt", lambda tmp: torch.save(weights, tmp))
+        save_state(out / "model.pt", weights)
     write_json(out / "metrics.json", result)
     (out / "checkpoint.pt").unlink(missing_ok=True)
 
@@ -539,6 +541,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive(int), help="CPU threads for torch")
     p.add_argument("--no-cuda-graphs", action="store_true",
                    help="on a GPU, launch every kernel instead of replaying a captured step")
+    p.add_argument("--no-checkpoint", action="store_true",
+                   help="do not save or resume checkpoints (each run folder's checkpoint.pt)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     _tracking_options(p)
 

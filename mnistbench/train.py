@@ -99,12 +99,18 @@ def resolve_device(device: str) -> torch.device:
 
 
 def configure_cuda(tf32: bool = False) -> None:
-    """Full FP32 and deterministic cuDNN on GPUs, so GPU runs stay comparable with CPU runs.
+    """Full FP32 and deterministic kernels on GPUs, so GPU runs stay comparable with CPU runs.
 
     torch lets cuDNN convolutions use TF32 (10-bit mantissa) by default. At mini-batch 10 the
     kernels are tiny and launch-bound, so TF32 buys little, and a replication harness prefers
     numbers that do not depend on the GPU generation. docs/performance.md has the details.
+    Call it before the process's first matrix product: cuBLAS reads CUBLAS_WORKSPACE_CONFIG
+    once, when it starts, and only a fixed workspace makes its matrix products reproducible
+    (https://docs.nvidia.com/cuda/cublas/#results-reproducibility).
+    The flags are only written: with the fp32_precision API in use, torch's old allow_tf32
+    getters raise, so nothing here (or anywhere in mnistbench) reads them.
     """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     precision = "tf32" if tf32 else "ieee"
     try:
         torch.backends.cuda.matmul.fp32_precision = precision
@@ -271,7 +277,27 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
-def load_checkpoint(path: Path, cfg: RunConfig) -> dict | None:
+def to_cpu(state):
+    """`state` with every tensor in it (nested in dicts, lists, tuples) copied to the CPU."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().cpu()
+    if isinstance(state, dict):
+        return {key: to_cpu(value) for key, value in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(to_cpu(value) for value in state)
+    return state
+
+
+def save_state(path: Path, state: dict) -> None:
+    """Every saved state (checkpoints, model.pt) goes through here: written from CPU tensors, so
+    a run trained on a GPU loads on a machine without one, no map_location needed."""
+    payload = to_cpu(state)
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def load_checkpoint(path: Path, cfg: RunConfig, trainer: str = "train") -> dict | None:
+    """The checkpoint at `path` if it exists, on cfg's device. trainer: the command that writes
+    this kind ("train": one run; "train-batch": a run of a batch, batched.py)."""
     if not path.exists():
         return None
     try:
@@ -282,6 +308,9 @@ def load_checkpoint(path: Path, cfg: RunConfig) -> dict | None:
     if not isinstance(state, dict) or state.get("config") != asdict(cfg):
         raise CheckpointError(f"checkpoint {path} belongs to another run configuration; delete it "
                               f"or choose another --out")
+    if state.get("trainer", "train") != trainer:
+        raise CheckpointError(f"checkpoint {path} was written by 'mnistbench {state.get('trainer', 'train')}' "
+                              f"and resumes only with it (or delete it to train the run afresh)")
     return state
 
 
@@ -384,7 +413,7 @@ def train(recipe: Recipe, seed: int, *, device: str = "cpu", data: Splits | None
                        "train_seconds": train_seconds, "eval_seconds": eval_seconds,
                        "extra_state": extra_state,
                        "test_predictions": None if test_predictions is None else test_predictions.cpu()}
-            atomic_write(checkpoint, lambda tmp: torch.save(payload, tmp))
+            save_state(checkpoint, payload)
 
     return run_result(recipe, cfg, history=history, status=status, train_seconds=train_seconds,
                       eval_seconds=eval_seconds, test_predictions=test_predictions,

@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -77,17 +78,58 @@ def test_the_seed_alone_decides_the_weights():
     assert not torch.equal(a["0.weight"], c["0.weight"])
 
 
-def test_hash_matches_the_reference_integer_arithmetic():
-    def lowbias32(x):
-        x &= 0xFFFFFFFF
-        x ^= x >> 16
-        x = (x * 0x7FEB352D) & 0xFFFFFFFF
-        x ^= x >> 15
-        x = (x * 0x846CA68B) & 0xFFFFFFFF
-        return x ^ (x >> 16)
+def lowbias32(x: int) -> int:
+    """Chris Wellons' lowbias32 (https://nullprogram.com/blog/2018/07/31/), in plain Python."""
+    x &= 0xFFFFFFFF
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    return x ^ (x >> 16)
 
+
+def test_hash_matches_the_reference_integer_arithmetic():
     values = [0, 1, 2, 12345, 2**31 - 1, 2**32 - 1, 2**40 + 17]
     assert _hash32(torch.tensor(values)).tolist() == [lowbias32(v) for v in values]
+
+
+HASH_INPUTS = [0, 1, 2, 7919, 123456789, 0xFFFFFFFF, 2**32 + 5, 2**40 + 3]
+HASH_GOLDEN = [0, 1753845952, 3507691905, 2358071405, 2834422664, 1734902346, 1548080446,
+               1408362973]
+# Indices of the elements kept by Dropout for rng = (stream 987654321, step 41), 2 x 12 elements.
+MASK_GOLDEN = {
+    ("nielsen", 0.5, None): [0, 2, 7, 9, 12, 13, 15, 22],
+    ("inverted", 0.25, (0, 1)): [0, 1, 2, 3],  # Dropout2d: one draw per (sample, channel)
+}
+# The CUDA cases run where a GPU is visible: the masks must be the CPU's, bit for bit.
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                 reason="needs a CUDA device"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_hash32_golden_values(device):
+    assert [lowbias32(x) for x in HASH_INPUTS] == HASH_GOLDEN
+    hashed = _hash32(torch.tensor(HASH_INPUTS, dtype=torch.int64, device=device))
+    assert hashed.tolist() == HASH_GOLDEN
+
+
+@pytest.mark.parametrize("style, p, mask_dims", list(MASK_GOLDEN), ids=["elementwise", "channels"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_dropout_mask_golden_values(style, p, mask_dims, device):
+    layer = Dropout(p, style, mask_dims).to(device)
+    layer.rng[0], layer.rng[1] = 987654321, 41
+    shape = (2, 12) if mask_dims is None else (2, 3, 4, 4)
+    out = layer(torch.ones(shape, dtype=torch.float64, device=device))
+    units = out if mask_dims is None else out[:, :, 0, 0]  # one value per channel
+    kept = [i for i, v in enumerate(units.flatten().tolist()) if v != 0]
+    assert kept == MASK_GOLDEN[(style, p, mask_dims)]
+    # the same mask from the hash in plain Python (float32 rounding of the 32-bit draw included)
+    key = lowbias32(lowbias32(987654321) ^ 41)
+    draws = [lowbias32(lowbias32(i + key) ^ key) for i in range(units.numel())]
+    keep = np.float32(1 - p)
+    assert kept == [i for i, d in enumerate(draws) if np.float32(d) * np.float32(2.0**-32) < keep]
+    if style == "inverted":
+        assert set(units.flatten().tolist()) <= {0.0, 1 / (1 - p)}
 
 
 def test_nielsen_dropout_drops_inputs_and_scales_at_test_time():

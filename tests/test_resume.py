@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +22,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from mnistbench.recipes import get_recipe
 
 # Timing and provenance differ between any two runs; everything else must not.
 VOLATILE = {"train_seconds", "eval_seconds", "wall_seconds", "images_per_second", "environment", "command"}
@@ -125,3 +128,81 @@ def test_resumed_history_is_not_counted_twice(data_dir, tmp_path):
     assert finished.returncode == 0, finished.stderr
     history = json.loads((out / "metrics.json").read_text())["history"]
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+
+
+# --- batched jobs (mnistbench train-batch): one checkpoint per run folder -------------------
+
+BATCH_SEEDS, BATCH_LRS = ("1", "2"), ("0.01", "1e6")  # lr 1e6 diverges in epoch 1 and is dropped
+
+
+def batch_command(out: Path, subset: int = 2000, epochs: int = 4) -> list[str]:
+    return [sys.executable, "-m", "mnistbench", "train-batch", "--recipe", "tutorial_cnn_nll",
+            "--seeds", *BATCH_SEEDS, "--lrs", *BATCH_LRS, "--epochs", str(epochs),
+            "--train-subset", str(subset), "--device", "cpu", "--threads", "1",
+            "--out-pattern", str(out / "lr={lr}/seed={seed}")]
+
+
+def test_sigkill_mid_epoch_then_resume_a_batch_equals_uninterrupted_batch(data_dir, tmp_path):
+    """Momentum, Dropout2d, per-run data orders, and two runs that diverged and left the stack
+    before the kill: the resumed job restacks the same runs and ends bit for bit as one never killed."""
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    uninterrupted = subprocess.Popen(batch_command(straight), stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True)
+    try:
+        done = kill_mid_epoch(batch_command(killed), killed / f"lr={BATCH_LRS[0]}/seed=1", random.Random())
+    finally:
+        _, errors = uninterrupted.communicate()
+    assert uninterrupted.returncode == 0, errors
+    assert 1 <= done < 4
+    resumed = subprocess.run(batch_command(killed), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming 2 runs of tutorial_cnn_nll after epoch {done}" in resumed.stderr
+
+    runs = [f"lr={lr}/seed={seed}" for lr in BATCH_LRS for seed in BATCH_SEEDS]
+    for run in runs:
+        assert not (killed / run / "checkpoint.pt").exists()
+        assert comparable(killed / run / "metrics.json") == comparable(straight / run / "metrics.json"), run
+        weights_straight = torch.load(straight / run / "model.pt", weights_only=True)
+        weights_resumed = torch.load(killed / run / "model.pt", weights_only=True)
+        assert weights_straight.keys() == weights_resumed.keys()
+        for name in weights_straight:  # the diverged runs' NaN weights too
+            assert torch.equal(weights_straight[name].nan_to_num(), weights_resumed[name].nan_to_num()), (run, name)
+    statuses = [json.loads((killed / run / "metrics.json").read_text())["status"] for run in runs]
+    assert statuses == ["finished", "finished", "diverged", "diverged"]
+
+
+def test_a_batch_resumes_runs_whose_checkpoints_stand_at_different_epochs(data_dir, tmp_path):
+    """Killed between two runs' checkpoint writes, a batch holds runs at two epochs: each group
+    resumes from its own epoch (not restacked with the other, so float noise may differ)."""
+    from mnistbench.batched import train_batch
+    from mnistbench.train import CheckpointError, load_data, train
+
+    base = get_recipe("nielsen_ch3_fc30_ce").with_overrides(train_subset=500, epochs=3)
+    runs = [(base.with_overrides(lr=lr), seed) for seed, lr in ((1, 0.5), (2, 1.0), (3, 2.0))]
+    data = load_data(base)
+    paths = [tmp_path / f"{seed}.pt" for _, seed in runs]
+    older = tmp_path / "1-after-epoch-1.pt"
+
+    class Killed(Exception):
+        pass
+
+    def on_epoch(i, entry):
+        if i == 0 and entry["epoch"] == 2:  # run 0's checkpoint still holds epoch 1 here
+            shutil.copy(paths[0], older)
+        if entry["epoch"] == 3:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train_batch(runs, data=data, checkpoints=paths, on_epoch=on_epoch)
+    shutil.copy(older, paths[0])
+    assert [len(torch.load(p, weights_only=True)["history"]) for p in paths] == [1, 2, 2]
+    resumed = train_batch(runs, data=data, checkpoints=paths)
+    uninterrupted = train_batch(runs, data=data)
+    for r, u in zip(resumed, uninterrupted):
+        assert [h["epoch"] for h in r["history"]] == [1, 2, 3]
+        for a, b in zip(r["history"], u["history"]):
+            assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+            assert abs(a["test_accuracy"] - b["test_accuracy"]) <= 0.02
+    # a single run does not take a batch's checkpoint for its own (nor the other way round)
+    with pytest.raises(CheckpointError, match="train-batch"):
+        train(*runs[1], data=data, checkpoint=paths[1])

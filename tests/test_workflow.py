@@ -330,3 +330,12 @@ def test_batched_jobs_write_one_folder_and_one_mlflow_run_per_run(tmp_path, data
     assert "Nothing to be done" in snakemake(tmp_path, "--config", "batch_runs=true").stderr
     # and the same runs, now one job each, are just as finished
     assert "Nothing to be done" in snakemake(tmp_path, "--config", "batch_runs=false").stderr
+
+
+@pytest.mark.parametrize("device, batch_runs, gpus", [("cuda", "true", 1), ("cuda", "false", 1), ("cpu", "true", 0)])
+def test_training_jobs_ask_for_one_gpu_when_they_train_on_one(tmp_path, data_dir, device, batch_runs, gpus):
+    """gpus_per_job: auto. With --resources gpu=N Snakemake then runs N GPU jobs at a time."""
+    write_config(tmp_path, data_dir)
+    out = snakemake(tmp_path, "--dry-run", "--config", f"device={device}", f"batch_runs={batch_runs}").stdout
+    blocks = [b for b in out.split("\nrule ") if b.startswith(("train:", "train_batch_"))]
+    assert blocks and all(f" gpu={gpus}," in b for b in blocks), out

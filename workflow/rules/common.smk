@@ -41,6 +41,11 @@ def validate_config():
 
 validate_config()
 
+# One GPU per training job when the jobs use a GPU, so that `--resources gpu=N` runs N of them
+# at a time rather than time-slicing one device among --cores processes (docs/workflow.md).
+if config["gpus_per_job"] == "auto":
+    config["gpus_per_job"] = 1 if config["device"] == "cuda" else 0
+
 RECIPES = all_recipes()
 RESULTS = config["results_dir"]
 STUDY = config["study"]

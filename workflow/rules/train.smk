@@ -54,7 +54,7 @@ rule train:
 # Batched training (batch_runs): all seeds x learning rates of one recipe in one job, as one
 # stacked model (mnistbench train-batch, mnistbench/batched.py); it writes the same run folders
 # and one MLflow run per run. One rule per recipe of the study, since a rule's outputs must
-# be known when it is defined.
+# be known when it is defined. Each run of a batch keeps a checkpoint.pt, as in `train`.
 for _recipe in BATCHED_RECIPES:
 
     rule:
