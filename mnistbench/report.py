@@ -306,7 +306,10 @@ def provenance(runs: pd.DataFrame, metrics: dict[int, dict], study_config: dict 
 
     trained = runs[runs["kind"] != "ensemble"]  # an ensemble's train_seconds is its members' sum
     wall = trained["wall_seconds"].dropna()
-    times = [m["_mtime"] for m in metrics.values()]
+    # when each run finished: its own record says so (a clone's file times say when it was checked out)
+    times = [datetime.datetime.strptime(m["environment"]["finished_at"], "%Y-%m-%dT%H:%M:%SZ")
+             .replace(tzinfo=datetime.timezone.utc).timestamp()
+             if (m.get("environment") or {}).get("finished_at") else m["_mtime"] for m in metrics.values()]
     devices = (trained["device"].fillna("?") + " (" + trained["device_name"].fillna("?") + ")").value_counts()
     report_versions = {}
     for name in REPORT_PACKAGES:
@@ -441,7 +444,7 @@ def findings_table(study_dir) -> str:
     """The README's findings: one line per published number of the study, from its tables."""
     study_dir = Path(study_dir)
     if not (study_dir / "summary.csv").exists():
-        return f"No finished runs in `{study_dir}` yet."
+        return "No finished runs in the record yet."
     runs, summary = load_tables(study_dir)
     metrics = load_metrics(runs, study_dir)
     lines = ["| published number | published | replicated (mean ± sd, runs) | verdict |",
