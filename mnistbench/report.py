@@ -511,6 +511,11 @@ def build_report(study_dir, out_dir, study_config: dict | None = None) -> Path:
         for run in section["runs_table"]:
             run["record_link"] = os.path.relpath(run_path(run["run_dir"], study_dir) / "metrics.json", out)
     context["core_hours"] = sum(r["core_hours"] for r in rows)
+    context["progress"] = None
+    if study_config and study_config.get("recipes") and not pipeline_check:
+        from .study import progress
+
+        context["progress"] = progress(study_config, study, study_dir.parent)
     for name, template in (("README.md", "report.md.j2"), ("index.html", "report.html.j2")):
         page = out / name
         tmp = page.with_name(f".{name}.{os.getpid()}.tmp")
