@@ -403,8 +403,17 @@ def cmd_mlflow_sync(args) -> None:
         import mlflow
     except ImportError:
         raise UsageError("mlflow-sync needs MLflow: pip install mlflow") from None
+    from .report import ReportError, study_config
+
+    def config_of(study: str) -> dict | None:
+        try:
+            return study_config(study, args.config, None)
+        except ReportError as err:
+            raise UsageError(str(err)) from None
+
     log(f"syncing {len(paths)} metrics.json files into MLflow at {mlflow.get_tracking_uri()}")
-    counts = sync(paths, write_json, dry_run=args.dry_run, log=log)
+    counts = sync(paths, write_json, dry_run=args.dry_run, log=log, reports=Path(args.reports),
+                  study_config=config_of)
     log(", ".join(f"{n} {what}" for what, n in counts.items()))
     if counts["failed"]:
         raise UsageError(f"{counts['failed']} runs could not be logged to MLflow (see above)")
@@ -425,6 +434,24 @@ def cmd_report(args) -> None:
         raise UsageError(str(err)) from None
     log(f"report of study {study_dir.name}: figures in {out}, the page is")
     print(html.resolve())
+    if args.mlflow:
+        _log_study_to_mlflow(study_dir, out, config)
+
+
+def _log_study_to_mlflow(study_dir: Path, report_dir: Path, config: dict | None) -> None:
+    """report --mlflow: the study's parent run, with this report; runs missing from MLflow
+    (a fresh clone of a record trained elsewhere) are replayed first. The records are not
+    touched (they are the report step's inputs), and MLflow failing never fails the report."""
+    from .tracking import find_metrics, sync
+
+    try:
+        counts = sync(find_metrics([study_dir / "runs"]), log=log, reports=report_dir.parent,
+                      study_config=lambda study: config)
+    except Exception as err:
+        counts = {"failed": f"{type(err).__name__}: {err}"}
+    if counts["failed"]:
+        log(f"warning: MLflow: the study was not fully logged ({counts['failed']} failed); the "
+            f"report stands; replay with 'mnistbench mlflow-sync {study_dir}'")
 
 
 def cmd_docs(args) -> None:
@@ -575,12 +602,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: config/config.yaml, if it exists)")
     p.add_argument("--study-config", metavar="JSON",
                    help="the study's configuration as a JSON object (the workflow passes its own)")
+    p.add_argument("--mlflow", action="store_true",
+                   help="also log the study to MLflow: its parent run holds the tables, verdicts and "
+                        "this report; runs missing from MLflow are replayed from their metrics.json")
 
-    p = sub.add_parser("mlflow-sync", help="replay metrics.json files into MLflow (idempotent: "
-                       "only runs missing, unfinished or different there)")
+    p = sub.add_parser("mlflow-sync", help="replay metrics.json files into MLflow, then log their "
+                       "studies' parent runs (idempotent: only what is missing, unfinished or "
+                       "different there)")
     p.add_argument("paths", nargs="*", default=["results"], metavar="PATH",
                    help="metrics.json files or folders to search (default: results)")
     p.add_argument("--dry-run", action="store_true", help="list what would be replayed")
+    p.add_argument("--reports", default="reports",
+                   help="where each study's report is (REPORTS/<study>), logged on its parent run "
+                        "(default: reports)")
+    p.add_argument("--config", default="config/config.yaml",
+                   help="workflow config whose studies.<study> settings the parent run records "
+                        "(default: config/config.yaml, if it exists)")
 
     p = sub.add_parser("findings", help="write the findings table of a study's record into the "
                        "README (between its findings markers)")

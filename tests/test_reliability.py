@@ -4,8 +4,9 @@
   every run exactly once in runs.csv and in MLflow; killed runs resume from their checkpoints
   and continue their MLflow runs.
 - Eight training jobs logging at once to MLflow's default local store (SQLite) all end up
-  there, with their metrics, none failed on locking.
-- `mlflow_server: true` starts a local tracking server for the workflow's duration.
+  there, with their metrics, none failed on locking, under one study parent run.
+- `mlflow_server: true` starts a local tracking server for the workflow's duration; its
+  lock-free jobs still end up under one parent run.
 - A bad config stops `snakemake -n` with one clear line before any job runs.
 
 Everything runs real processes (snakemake, mnistbench train) on tiny subsets of the real MNIST.
@@ -27,6 +28,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from test_workflow import study_parent
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -191,6 +193,9 @@ def test_eight_concurrent_runs_log_to_the_default_local_store(data_dir, tmp_path
         assert run.data.metrics["selected_accuracy"] == metrics["selected_accuracy"]
         assert metric_steps(store, run.info.run_id) == {
             h["epoch"]: {h["test_accuracy"]} for h in metrics["history"]}
+    # The first job created the study's parent run, under the store's lock: one, over all eight.
+    _, parent, children = study_parent(tmp_path, study)
+    assert sorted(r.info.run_id for r in children) == sorted(runs)
 
 
 # --- a resumed run continues its MLflow run --------------------------------------------------
@@ -245,6 +250,9 @@ def test_workflow_starts_and_stops_a_local_mlflow_server(data_dir, tmp_path):
     runs = mlflow_runs(tmp_path / "mlflow.db", study)  # ... into the usual local store
     assert sorted(int(r.data.tags["seed"]) for r in runs) == [1, 2]
     assert all(r.info.status == "FINISHED" for r in runs)
+    # Jobs logging to a server take no lock; still one parent over both runs, with the report.
+    client, parent, children = study_parent(tmp_path, study)
+    assert len(children) == 2 and "verdicts.json" in {a.path for a in client.list_artifacts(parent.info.run_id)}
     with socket.socket() as s:  # and the server is gone with the workflow
         assert s.connect_ex(("127.0.0.1", port)) != 0
 

@@ -81,13 +81,36 @@ def study(tmp_path_factory, data_dir):
     return workdir, result
 
 
-def mlflow_runs(workdir: Path) -> list:
+def mlflow_runs(workdir: Path, study: str = STUDY) -> tuple:
+    """MLflow's client for the store in workdir, and the study's runs (not its parent run)."""
+    client, runs = all_mlflow_runs(workdir, study)
+    return client, [r for r in runs if "mnistbench.run_key" in r.data.tags]
+
+
+def all_mlflow_runs(workdir: Path, study: str = STUDY) -> tuple:
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name(f"mnistbench/{STUDY}")
-    assert experiment is not None, "no MLflow experiment mnistbench/tiny"
+    experiment = client.get_experiment_by_name(f"mnistbench/{study}")
+    assert experiment is not None, f"no MLflow experiment mnistbench/{study}"
     return client, client.search_runs([experiment.experiment_id])
+
+
+def study_parent(workdir: Path, study: str = STUDY):
+    """The study's one parent run, and its children: every other run of the experiment."""
+    client, runs = all_mlflow_runs(workdir, study)
+    parents = [r for r in runs if r.data.tags.get("mnistbench.study_key") == study]
+    assert len(parents) == 1, [r.data.tags for r in parents]
+    children = [r for r in runs if r.info.run_id != parents[0].info.run_id]
+    assert {r.data.tags.get("mlflow.parentRunId") for r in children} == {parents[0].info.run_id}
+    return client, parents[0], children
+
+
+def contexts(run) -> dict[str, dict]:
+    """A run's dataset inputs by context (training, validation, testing): name, digest, profile."""
+    return {next(t.value for t in i.tags if t.key == "mlflow.data.context"):
+            {"name": i.dataset.name, "digest": i.dataset.digest, "profile": json.loads(i.dataset.profile)}
+            for i in run.inputs.dataset_inputs}
 
 
 def test_all_outputs_exist(study):
@@ -142,9 +165,76 @@ def test_mlflow_python_api_holds_the_four_runs(study):
         assert [(m.step, m.value) for m in epochs] == [(1, pytest.approx(metrics["history"][0]["train_seconds"]))]
         assert [m.step for m in client.get_metric_history(run.info.run_id, "train_seconds")] == [0]
         assert metrics["recipe"] in tags["mlflow.note.content"]
+        # the data it trained on (the UI's Dataset column), described, never uploaded
+        data = contexts(run)
+        assert set(data) == {"training", "validation", "testing"}  # the book's split validates
+        train = data["training"]["profile"]
+        assert (train["split"], train["scaling"]) == (metrics["config"]["split"], metrics["config"]["scaling"])
+        assert train["images"] == metrics["config"]["train_images"] == 500 and train["rows"] == "0:500"
+        assert data["training"]["name"] == f"mnist-nielsen-train-500-{train['scaling'].replace('/', '')}"
     experiment = client.get_experiment_by_name(f"mnistbench/{STUDY}")
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on the runs
     assert STUDY in experiment.tags["mlflow.note.content"]
+
+
+def test_the_study_parent_run_holds_every_run_the_tables_and_the_report(study, monkeypatch):
+    """One parent run per study (found by the tag mnistbench.study_key), the four runs its
+    children; the report step logged the summary and verdict tables, the report and figures."""
+    workdir, _ = study
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir / 'mlflow.db'}")  # load_table reads it
+    client, parent, children = study_parent(workdir)
+    assert len(children) == 4 and parent.info.status == "FINISHED"
+    runs = pd.read_csv(workdir / "results" / STUDY / "runs.csv")
+    summary = pd.read_csv(workdir / "results" / STUDY / "summary.csv")
+    assert parent.data.metrics["runs"] == 4 and parent.data.metrics["finished"] == 4
+    assert parent.data.metrics["train_seconds"] == pytest.approx(runs["train_seconds"].sum())  # the total
+    assert parent.data.params["recipes"] == str(RECIPES) and parent.data.params["epochs"] == "1"
+    assert STUDY in parent.data.tags["mlflow.note.content"] and "4 runs" in parent.data.tags["mlflow.note.content"]
+
+    table = client.load_table(parent.info.experiment_id, "summary.json", [parent.info.run_id])  # log_table's reader
+    assert sorted(table["recipe"]) == sorted(summary["recipe"])
+    assert table.set_index("recipe")["mean"].to_dict() == pytest.approx(summary.set_index("recipe")["mean"].to_dict())
+    verdicts = client.load_table(parent.info.experiment_id, "verdicts.json", [parent.info.run_id])
+    assert list(verdicts.columns) == ["recipe", "published", "mean", "sd", "n", "verdict", "reason"]
+    assert sorted(verdicts["recipe"]) == sorted(RECIPES) and set(verdicts["n"]) == {2}
+    assert set(verdicts["verdict"]) == {"settings changed"}  # 1 epoch on 500 images: no verdict
+
+    report = workdir / "reports" / STUDY
+    logged = {a.path for folder in ("report", "report/figures", "report/learning_curves")
+              for a in client.list_artifacts(parent.info.run_id, folder) if not a.is_dir}
+    expected = {"report/index.html", "report/README.md"} | {
+        f"report/{p.relative_to(report)}" for p in report.glob("*/*.png")}
+    assert logged == expected and len(expected) > 3
+    page = client.download_artifacts(parent.info.run_id, "report/index.html", str(workdir / "downloaded"))
+    assert Path(page).read_bytes() == (report / "index.html").read_bytes()
+    assert {d["name"] for d in contexts(parent).values()} == {contexts(children[0])["training"]["name"]}
+
+
+def test_a_fresh_clone_of_the_record_fills_mlflow_without_training(study, tmp_path):
+    """Only the runs' metrics.json, as git tracks a record trained elsewhere: the workflow
+    trains nothing, and its report step replays the runs into a new MLflow store, under their
+    study's parent run, without touching the records."""
+    workdir, _ = study
+    for path in metrics_files(workdir):
+        copy = tmp_path / path.relative_to(workdir)
+        copy.parent.mkdir(parents=True)
+        shutil.copy(path, copy)
+    shutil.copy(workdir / "config.yaml", tmp_path / "config.yaml")
+    records = {p: p.read_bytes() for p in metrics_files(tmp_path)}
+    result = snakemake(tmp_path)
+    jobs = jobs_run(result.stderr)
+    assert "train" not in jobs and (jobs["aggregate"], jobs["report"]) == (1, 1), jobs
+    assert {p: p.read_bytes() for p in metrics_files(tmp_path)} == records
+
+    client, parent, children = study_parent(tmp_path)
+    assert len(children) == 4 and {r.info.status for r in children} == {"FINISHED"}
+    assert all(set(contexts(run)) == {"training", "validation", "testing"} for run in children)
+    by_key = {r.data.tags["mnistbench.run_key"]: r for r in children}
+    for path in records:
+        metrics = json.loads(records[path])
+        run = by_key[f"{STUDY}/{metrics['recipe']}/lr={metrics['lr']:g}/seed={metrics['seed']}"]
+        assert run.data.metrics["selected_accuracy"] == pytest.approx(metrics["selected_accuracy"])
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"summary.json", "verdicts.json", "report"}
 
 
 def _free_port() -> int:
@@ -198,8 +288,12 @@ def test_mlflow_rest_api_holds_the_four_finished_runs(study, mlflow_server):
         experiment_id = json.load(response)["experiment"]["experiment_id"]
     found = _post(f"{mlflow_server}/api/2.0/mlflow/runs/search",
                   {"experiment_ids": [experiment_id], "max_results": 100})["runs"]
-    assert len(found) == 4
+    tags = [{t["key"]: t["value"] for t in r["data"]["tags"]} for r in found]
+    [parent] = [r["info"]["run_id"] for r, t in zip(found, tags) if t.get("mnistbench.study_key") == STUDY]
+    found = [r for r, t in zip(found, tags) if r["info"]["run_id"] != parent]
+    assert len(found) == 4 and all(t.get("mlflow.parentRunId") == parent for t in tags if t.get("mnistbench.run_key"))
     assert {r["info"]["status"] for r in found} == {"FINISHED"}
+    assert all(r["inputs"]["dataset_inputs"] for r in found)  # what the UI's Dataset column shows
     expected = {json.loads(p.read_text())["extra_state"]["mlflow_run_id"]: json.loads(p.read_text())
                 for p in metrics_files(workdir)}
     for run in found:
@@ -212,31 +306,37 @@ def test_mlflow_rest_api_holds_the_four_finished_runs(study, mlflow_server):
 
 def test_mlflow_sync_replays_into_a_server_and_a_fresh_store_without_duplicates(study, mlflow_server, tmp_path):
     workdir, _ = study
-    results = tmp_path / "results"  # a copy: a replay rewrites the files' MLflow run ids
-    shutil.copytree(workdir / "results", results)
-    sync = [sys.executable, "-m", "mnistbench", "mlflow-sync", str(results)]
+    for folder in ("results", "reports"):  # a copy, run from its root as `mnistbench mlflow-sync` is
+        shutil.copytree(workdir / folder, tmp_path / folder)
+    records = {p: p.read_bytes() for p in (tmp_path / "results").rglob("metrics.json")}
+    sync = [sys.executable, "-m", "mnistbench", "mlflow-sync", "results"]
 
-    # The live-logged runs are recognised on the server: nothing to replay.
-    out = subprocess.run(sync, env=_env(MLFLOW_TRACKING_URI=mlflow_server), capture_output=True, text=True)
+    # The live-logged runs and the parent the report step logged are recognised: nothing to replay.
+    out = subprocess.run(sync, env=_env(MLFLOW_TRACKING_URI=mlflow_server), capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "4 up to date, 0 replayed, 0 failed" in out.stderr
+    assert f"study {STUDY}: MLflow parent run" in out.stderr and "up to date" in out.stderr.split("parent run")[1]
 
     fresh = f"sqlite:///{tmp_path / 'fresh.db'}"
     out = subprocess.run(sync, env=_env(MLFLOW_TRACKING_URI=fresh), capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0 and "0 up to date, 4 replayed, 0 failed" in out.stderr, out.stderr
     out = subprocess.run(sync, env=_env(MLFLOW_TRACKING_URI=fresh), capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0 and "4 up to date, 0 replayed, 0 failed" in out.stderr, out.stderr
+    # The records name the runs that logged them live (another store): a replay leaves them alone.
+    assert {p: p.read_bytes() for p in records} == records
 
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=fresh)
     runs = client.search_runs([client.get_experiment_by_name(f"mnistbench/{STUDY}").experiment_id])
-    assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
-    for path in sorted(results.rglob("metrics.json")):
+    assert len(runs) == 5 and {r.info.status for r in runs} == {"FINISHED"}  # 4 runs and their parent
+    by_key = {r.data.tags.get("mnistbench.run_key"): r for r in runs}
+    for path in records:
         metrics = json.loads(path.read_text())
-        run = client.get_run(metrics["extra_state"]["mlflow_run_id"])  # the file points at its replay
+        run = by_key[f"{STUDY}/{metrics['recipe']}/lr={metrics['lr']:g}/seed={metrics['seed']}"]
         assert run.data.metrics["selected_accuracy"] == pytest.approx(metrics["selected_accuracy"])
         assert len(client.get_metric_history(run.info.run_id, "train_loss")) == len(metrics["history"])
+        assert run.data.tags["mlflow.parentRunId"] == by_key[None].info.run_id
 
 
 def test_tables_match_the_runs(study):
@@ -288,6 +388,8 @@ def test_removing_one_metrics_json_reruns_exactly_that_run(study):
     assert {p: p.stat().st_mtime_ns for p in others} == others
     _, runs = mlflow_runs(workdir)  # the rerun replaced its MLflow run instead of adding one
     assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
+    _, parent, children = study_parent(workdir)  # still one parent (the new report's), over all four
+    assert len(children) == 4 and parent.data.metrics["runs"] == 4
 
 
 @pytest.mark.parametrize("change, message", [
@@ -327,6 +429,7 @@ def test_batched_jobs_write_one_folder_and_one_mlflow_run_per_run(tmp_path, data
     assert sorted(r.info.run_id for r in mlflow) == sorted(runs["mlflow_run_id"])
     assert {r.info.status for r in mlflow} == {"FINISHED"}
     assert all(len(client.get_metric_history(r.info.run_id, "test_accuracy")) == 1 for r in mlflow)
+    assert len(study_parent(tmp_path)[2]) == len(runs)  # one parent over every batched run
     assert "Nothing to be done" in snakemake(tmp_path, "--config", "batch_runs=true").stderr
     # and the same runs, now one job each, are just as finished
     assert "Nothing to be done" in snakemake(tmp_path, "--config", "batch_runs=false").stderr

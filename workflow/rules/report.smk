@@ -1,5 +1,9 @@
 # The replication report of a study: reports/<study>/index.html (self-contained) and its
 # figures as PNG and SVG. The figures (and the page) are marked for `snakemake --report`.
+# With `mlflow: true` (TRACKING), the same step fills the study's MLflow parent run (tables,
+# verdicts, this report) and brings every run of the study under it; runs missing from MLflow
+# are replayed from their metrics.json first, so a fresh clone of a record trained elsewhere
+# fills MLflow without training. It writes nothing else: the records are its inputs.
 
 import json
 from pathlib import Path
@@ -34,7 +38,7 @@ rule report:
         mem_mb=2000,
     shell:
         "{MNISTBENCH} report --study-dir {params.study_dir:q} --out {params.out:q} "
-        "--study-config {params.study_config:q} > {log:q} 2>&1"
+        "--study-config {params.study_config:q} {TRACKING} > {log:q} 2>&1"
 
 
 ALL_TARGETS.append(REPORT_PAGE.format(study=STUDY))
@@ -46,3 +50,12 @@ onsuccess:
     tables = Path(RESULTS, STUDY, "summary.csv")
     if page.exists() and tables.exists() and page.stat().st_mtime >= tables.stat().st_mtime:
         print(f"Replication report of study {STUDY}: {page.resolve()}")
+    if config["mlflow"]:
+        from mnistbench.tracking import study_link
+
+        try:  # the store `mlflow ui` shows (the workflow's own server, if any, stops with it)
+            link = study_link(STUDY, "http://127.0.0.1:5000" if config["mlflow_server"] else None)
+        except Exception:  # MLflow is a view: its failure never spoils a finished workflow
+            link = None
+        if link:
+            print(f"MLflow runs of study {STUDY}: {link} (`mlflow ui` in this folder serves a local store)")
