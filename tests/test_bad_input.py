@@ -258,9 +258,12 @@ def test_diverging_run_is_recorded_as_diverged(data_dir, tmp_path):
 def test_a_reader_that_closes_the_pipe_ends_the_command_quietly():
     """`mnistbench recipes --json | head -c 10`: no BrokenPipeError traceback, SIGPIPE's status."""
     command = [sys.executable, "-m", "mnistbench", "recipes", "--json"]
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
-        proc.stdout.read(10)
-        proc.stdout.close()  # as `head` does once it has its lines
+    read, write = os.pipe()
+    with subprocess.Popen(command, stdout=write, stderr=subprocess.PIPE) as proc:
+        os.close(write)
+        # The reader leaves before the command has written (as `head` does once it has its
+        # lines); its whole output fits in a pipe's buffer, so leaving later would be a race.
+        os.close(read)
         stderr = proc.stderr.read().decode()
     assert stderr == "" and proc.returncode == 141, (proc.returncode, stderr)
 
