@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -131,6 +132,9 @@ def test_all_outputs_exist(study):
         assert "epoch 1/1" in log.read_text()
     # MLflow's own default store, in the folder snakemake ran in (no MLFLOW_TRACKING_URI set)
     assert (workdir / "mlflow.db").exists()
+    # and the last line: a link that opens the study on MLflow's runs table, in `mlflow ui`
+    assert re.search(rf"MLflow runs of study {STUDY}: http://127\.0\.0\.1:5000/#/experiments/\d+"
+                     rf"\?workflowType=machine_learning", result.stdout + result.stderr), result.stdout[-2000:]
 
 
 def test_mlflow_python_api_holds_the_four_runs(study):
