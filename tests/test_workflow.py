@@ -445,4 +445,5 @@ def test_training_jobs_ask_for_one_gpu_when_they_train_on_one(tmp_path, data_dir
     write_config(tmp_path, data_dir)
     out = snakemake(tmp_path, "--dry-run", "--config", f"device={device}", f"batch_runs={batch_runs}").stdout
     blocks = [b for b in out.split("\nrule ") if b.startswith(("train:", "train_batch_"))]
-    assert blocks and all(f" gpu={gpus}," in b for b in blocks), out
+    # a CPU job asks for no GPU at all (the resource is left out), a GPU job for exactly one
+    assert blocks and all((f" gpu={gpus}," in b) if gpus else (" gpu=" not in b) for b in blocks), out
