@@ -11,6 +11,7 @@ replication study's records are tracked in git (results/replication, docs/replic
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 RESULTS_DIR = "results"
@@ -66,3 +67,14 @@ def core_seconds(record: dict) -> float:
     """CPU-core seconds a run cost: its training and evaluation time times its torch threads."""
     seconds = (record.get("train_seconds") or 0.0) + (record.get("eval_seconds") or 0.0)
     return seconds * ((record.get("environment") or {}).get("threads") or 1)
+
+
+def git(*args: str) -> str | None:
+    """What `git ARGS` prints about the checkout the package runs from (None outside one): the
+    commit a run or a report was made with, and whether the code had uncommitted changes."""
+    try:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None

@@ -20,7 +20,6 @@ import os
 import platform
 import shutil
 import struct
-import subprocess
 from importlib import metadata
 from pathlib import Path
 
@@ -28,7 +27,7 @@ import pandas as pd
 
 from . import figures, stats
 from .aggregate import UNLEARNED_RECALL, missed_a_digit
-from .record import core_seconds
+from .record import core_seconds, git
 from .recipes import all_recipes, protocol_fields, published_selection_text, published_table
 from .tracking import experiment_name
 
@@ -289,15 +288,6 @@ def run_records(indices: list[int], runs: pd.DataFrame) -> list[dict]:
 
 # --- provenance -----------------------------------------------------------------------------
 
-def _git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
-                             cwd=Path(__file__).parent)
-        return out.stdout.strip() if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def provenance(runs: pd.DataFrame, metrics: dict[int, dict], study_config: dict | None) -> dict:
     environments = [m.get("environment") or {} for m in metrics.values() if m.get("environment")]
 
@@ -317,10 +307,10 @@ def provenance(runs: pd.DataFrame, metrics: dict[int, dict], study_config: dict 
             report_versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             pass
-    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    dirty = git("status", "--porcelain", "--untracked-files=no")
     return {
         "run_commits": sorted(runs["git_commit"].dropna().unique()),
-        "report_commit": _git("rev-parse", "HEAD"),
+        "report_commit": git("rev-parse", "HEAD"),
         "report_dirty": bool(dirty),
         "run_versions": {key: distinct(key) for key in ("mnistbench", "torch", "torchvision", "python")},
         "report_versions": {"python": platform.python_version(), **report_versions},

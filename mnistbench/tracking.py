@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
+from .record import lr_label, run_key  # noqa: F401  (run_key: cli.py imports it from here)
+
 RUN_KEY_TAG = "mnistbench.run_key"
 STUDY_KEY_TAG = "mnistbench.study_key"  # marks a study's parent run; its value is the study
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's nesting: the UI shows a run under its parent
@@ -57,17 +59,6 @@ def warn(message: str) -> None:
 
 def experiment_name(study: str) -> str:
     return f"mnistbench/{study}"
-
-
-def lr_label(lr: float | None) -> str:
-    """The learning rate as the workflow's lr wildcard writes it."""
-    return "none" if lr is None else f"{lr:g}"
-
-
-def run_key(study: str, recipe: str, lr: float | None, seed: int | None = None,
-            group: int | None = None) -> str:
-    last = f"group={group}" if group is not None else f"seed={seed}"
-    return f"{study}/{recipe}/lr={lr_label(lr)}/{last}"
 
 
 def study_of(metrics: dict, path: Path) -> str:

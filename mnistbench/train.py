@@ -13,7 +13,6 @@ import math
 import os
 import platform
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +27,7 @@ from . import __version__
 from .data import Splits, make_splits
 from .models import Dropout, advance_dropout, create, decayed_parameters
 from .recipes import Recipe, planned_train_images
+from .record import git
 
 EVAL_BATCH = 1000
 PROGRESS_EVERY_S = 15.0  # mid-epoch progress lines on long epochs
@@ -229,14 +229,6 @@ def select(history: list[dict], rule: str, split: str = "test") -> tuple[float |
     return chosen["test_accuracy"], chosen["epoch"]
 
 
-def _git(*args: str) -> str | None:
-    try:
-        return subprocess.run(["git", *args], capture_output=True, text=True, timeout=5,
-                              cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def cpu_model() -> str:
     """The CPU's marketing name ("AMD EPYC 7B13"), which platform.processor() leaves empty on Linux."""
     try:
@@ -252,13 +244,13 @@ def environment(device: torch.device) -> dict:
     import torchvision
 
     # The package's own uncommitted changes make the commit an incomplete description of the code.
-    changes = _git("status", "--porcelain", "--", ".")
+    changes = git("status", "--porcelain", "--", ".")
     return {
         "mnistbench": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
         "python": platform.python_version(), "platform": platform.platform(),
         "host": socket.gethostname(), "device": str(device), "cpu_model": cpu_model(),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
-        "threads": torch.get_num_threads(), "git_commit": _git("rev-parse", "HEAD") or None,
+        "threads": torch.get_num_threads(), "git_commit": git("rev-parse", "HEAD") or None,
         "git_dirty": None if changes is None else bool(changes),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
