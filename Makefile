@@ -28,7 +28,7 @@ run: setup
 	@echo "Replication report: $(abspath reports/$(STUDY)/index.html)"
 
 test: setup
-	$(BIN)/python -m pytest -ra
+	$(BIN)/python -m pytest -ra --durations=15  # the slowest tests: CI allows 30 minutes in all
 
 clean:
 	rm -rf results reports logs .snakemake

@@ -188,8 +188,10 @@ def _recipe(row: dict[str, str]) -> Recipe:
                   printed_as=row["printed_as"], best_of=int(row["best_of"]),
                   best_chosen_by=row["best_chosen_by"])
     if row["id"] in BASELINES:
+        # The darkness baseline ("-" in the table) compares sums of pixels, which any scaling
+        # leaves in the same order: it reads the book's data, as mnist_average_darkness.py does.
         return Recipe(kind="baseline", selection="final", notes=row["network"],
-                      scaling=row["pixels"], **common)
+                      scaling="k/256" if row["pixels"] == "-" else row["pixels"], **common)
     if row["id"] in _ENSEMBLES:
         return Recipe(kind="ensemble", members=_ENSEMBLES[row["id"]], selection="final",
                       dropout_masks=row["dropout_masks"], notes=row["network"], **common)

@@ -140,3 +140,11 @@ def test_generated_docs_are_up_to_date():
     assert (ROOT / "docs" / "recipes.md").read_text() == recipes_page(config), "run `mnistbench docs`"
     protocols = (ROOT / "docs" / "protocols.md").read_text()
     assert protocols.split(WORDING_START, 1)[1].split(WORDING_END, 1)[0].strip() == wording_block()
+
+
+def test_the_darkness_baseline_runs(data_dir):
+    """The darkness row's pixels are "-" in the table (its guesses do not depend on the scaling);
+    the recipe must still load data: "-" once reached make_splits and stopped the baseline."""
+    from mnistbench.baselines import run_baseline
+    record = run_baseline(get_recipe("nielsen_ch1_darkness"), seed=1, data_dir=data_dir)
+    assert record["status"] == "finished" and len(record["test_predictions"]) == 10_000
