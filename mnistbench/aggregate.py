@@ -6,7 +6,6 @@ rebuilt at any time with `mnistbench aggregate results/<study>`.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pandas as pd
 from scipy import stats
 
 from .recipes import all_recipes
+from .record import RecordError, find_records, parse_run_path, read_record
 
 PIPELINE_CHECK_NOTE = "pipeline check (tiny training subset, few epochs): not a replication"
 
@@ -38,14 +38,13 @@ SUMMARY_COLUMNS = [
 ]
 
 
-def find_run_files(study_dir: Path) -> list[Path]:
-    return sorted(Path(study_dir, "runs").rglob("metrics.json"))
+find_run_files = find_records  # every metrics.json of a study folder
 
 
 def _study_from_path(path: Path) -> str | None:
     """<study>/runs/<recipe>/lr=<lr>/seed=<seed>/metrics.json -> <study>."""
-    parents = path.resolve().parents
-    return parents[4].name if len(parents) > 4 and parents[3].name == "runs" else None
+    where = parse_run_path(path.resolve())
+    return where["study"] if where else None
 
 
 def _published_lr(recipe_id: str) -> float | None:
@@ -125,10 +124,9 @@ class BrokenRunRecord(ValueError):
 
 def _read_row(path: Path) -> dict:
     try:
-        metrics = json.loads(path.read_text())
-        if not isinstance(metrics, dict):
-            raise ValueError(f"a JSON {type(metrics).__name__}, not an object")
-        return run_row(path, metrics, _study_from_path(path))
+        return run_row(path, read_record(path), _study_from_path(path))
+    except RecordError as err:
+        raise BrokenRunRecord(str(err)) from None
     except KeyError as err:
         raise BrokenRunRecord(f"{path}: no {err} key") from None
     except (OSError, ValueError, TypeError, AttributeError) as err:  # unreadable, not JSON, wrong types

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .record import read_record
+from .record import RECORD_FILE, parse_run_path, read_record, run_dir
 
 TIMING = {"train_seconds", "images_per_second"}  # per-epoch keys that measure the machine
 
@@ -137,5 +137,8 @@ def _member_path(ensemble_path, member: str) -> Path:
     the ensemble's folder when the record moved (a clone elsewhere)."""
     if Path(member).exists():
         return Path(member)
-    parts = Path(member).parts
-    return Path(ensemble_path).parents[2] / Path(*parts[-4:])
+    ensemble, run = parse_run_path(ensemble_path), parse_run_path(member)
+    if ensemble is None or run is None:
+        return Path(member)  # not in a study's layout: read_record names the missing file
+    return run_dir(ensemble["study"], run["recipe"], run["lr"], run["seed"],
+                   results=ensemble["study_dir"].parent) / RECORD_FILE

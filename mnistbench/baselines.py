@@ -37,19 +37,12 @@ BASELINES = {"nielsen_ch1_darkness": average_darkness, "nielsen_ch1_svm": svm}
 
 def run_baseline(recipe, seed: int, data_dir=None) -> dict:
     """Run a baseline recipe on the book's data and return its record (metrics.json)."""
+    from .record import baseline_record
     from .train import accuracy, environment, resolve_device
 
     data = make_splits("nielsen", recipe.scaling, data_dir=data_dir)
     started = time.perf_counter()
     predictions = BASELINES[recipe.id](data)
-    acc = accuracy(predictions, data.test_y)
-    return {"schema": 1, "recipe": recipe.id, "published_id": recipe.published_id, "protocol": "nielsen",
-            "seed": seed, "lr": None, "status": "finished",
-            "published_accuracy": recipe.published_accuracy, "selected_accuracy": acc,
-            "selected_epoch": None, "final_test_accuracy": acc, "final_val_accuracy": None,
-            "config": {"recipe": recipe.id, "kind": "baseline", "seed": seed, "split": "nielsen",
-                       "scaling": recipe.scaling, "train_images": len(data.train_x)},
-            "history": [], "train_seconds": round(time.perf_counter() - started, 3), "eval_seconds": 0.0,
-            "images_per_second": None,
-            "test_predictions": "".join(map(str, predictions.tolist())),
-            "environment": environment(resolve_device("cpu"))}
+    return baseline_record(recipe, seed, accuracy=accuracy(predictions, data.test_y),
+                           train_images=len(data.train_x), seconds=time.perf_counter() - started,
+                           test_predictions=predictions, environment=environment(resolve_device("cpu")))

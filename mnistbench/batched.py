@@ -30,11 +30,10 @@ the epoch it was in.
 from __future__ import annotations
 
 import copy
-import math
 import os
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -44,7 +43,7 @@ from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 from .data import Splits
 from .models import Dropout, create, decayed_parameters
 from .recipes import Recipe
-from .train import (EVAL_BATCH, LOSSES, PROGRESS_EVERY_S, RunConfig, accuracy, configure_cuda,
+from .train import (EVAL_BATCH, LOSSES, PROGRESS_EVERY_S, RunConfig, RunProgress, configure_cuda, diverged,
                     environment, epoch_order, load_checkpoint, load_data, num_batches, resolve_config,
                     resolve_device, run_result, save_state)
 
@@ -289,32 +288,12 @@ def capture_failure(err: BaseException) -> str:
     return story + (f" (raised at {ours[-1].filename}:{ours[-1].lineno})" if ours else "")
 
 
-@dataclass
-class RunProgress:
-    """One run of a batch so far: restored from its checkpoint, updated after every epoch."""
-
-    history: list[dict] = field(default_factory=list)
-    status: str = "finished"
-    train_seconds: float = 0.0
-    eval_seconds: float = 0.0
-    test_predictions: torch.Tensor | None = None
-    model: dict | None = None  # the last epoch's weights (a diverged run: those it stopped with)
-    velocity: dict | None = None
-    extra_state: dict = field(default_factory=dict)
-
-    @classmethod
-    def restore(cls, state: dict, extra_state: dict) -> "RunProgress":
-        history = state["history"]
-        return cls(history=history, status="diverged" if history and history[-1].get("diverged") else "finished",
-                   train_seconds=state["train_seconds"], eval_seconds=state["eval_seconds"],
-                   test_predictions=state["test_predictions"], model=state["model"],
-                   velocity=state["velocity"], extra_state={**state.get("extra_state", {}), **extra_state})
-
-    def save(self, path: Path, cfg: RunConfig) -> None:
-        save_state(path, {"trainer": TRAINER, "config": asdict(cfg), "model": self.model,
-                          "velocity": self.velocity, "history": self.history,
-                          "train_seconds": self.train_seconds, "eval_seconds": self.eval_seconds,
-                          "extra_state": self.extra_state, "test_predictions": self.test_predictions})
+def save_progress(run: RunProgress, path: Path, cfg: RunConfig) -> None:
+    """A batched run's checkpoint (train.load_checkpoint reads it back with trainer TRAINER)."""
+    save_state(path, {"trainer": TRAINER, "config": asdict(cfg), "model": run.model,
+                      "velocity": run.velocity, "history": run.history,
+                      "train_seconds": run.train_seconds, "eval_seconds": run.eval_seconds,
+                      "extra_state": run.extra_state, "test_predictions": run.test_predictions})
 
 
 def train_batch(runs: Sequence[tuple[Recipe, int]], *, device: str = "cpu", data: Splits | None = None,
@@ -361,10 +340,7 @@ def train_batch(runs: Sequence[tuple[Recipe, int]], *, device: str = "cpu", data
     env = {**environment(device), "batched_runs": len(runs),
            "cuda_graphs": any(stack.replays for stack in stacks),
            "cuda_graph_failure": next((s.graph_failure for s in stacks if s.graph_failure), None)}
-    return [run_result(recipe, cfg, history=p.history, status=p.status, train_seconds=p.train_seconds,
-                       eval_seconds=p.eval_seconds, test_predictions=p.test_predictions,
-                       final_model=p.model, extra_state=p.extra_state, environment=env,
-                       test_labels=data.test_y)
+    return [run_result(recipe, cfg, p, final_model=p.model, environment=env, test_labels=data.test_y)
             for (recipe, _), cfg, p in zip(runs, cfgs, progress)]
 
 
@@ -406,11 +382,11 @@ def _train_together(recipe: Recipe, cfgs: list[RunConfig], progress: list[RunPro
         epoch_s = time.perf_counter() - started
 
         t_eval = time.perf_counter()
-        diverged = [row for row, loss in enumerate(losses) if not math.isfinite(loss)]
-        finite_rows = [row for row in range(len(stack)) if row not in diverged]
-        for row in diverged:  # like a diverged solo run, it keeps the weights it stopped with
+        lost = [row for row, loss in enumerate(losses) if diverged(loss)]
+        finite_rows = [row for row in range(len(stack)) if row not in lost]
+        for row in lost:  # like a diverged solo run, it keeps the weights it stopped with
             progress[active[row]].model = stack.state_dict(row)
-        if diverged and finite_rows:
+        if lost and finite_rows:
             stack.keep(finite_rows)
         val = test = None
         if finite_rows:
@@ -420,35 +396,23 @@ def _train_together(recipe: Recipe, cfgs: list[RunConfig], progress: list[RunPro
         eval_s = time.perf_counter() - t_eval
 
         for row, i in enumerate(active):
-            run = progress[i]
-            entry = {"epoch": epoch, "train_loss": losses[row]}
-            if row in diverged:
-                run.status, run.test_predictions = "diverged", None
-                entry.update(val_accuracy=None, test_accuracy=None, diverged=True)
-            else:
+            run, predictions = progress[i], None
+            if row not in lost:
                 kept = finite_rows.index(row)
-                if val is not None:
-                    entry["val_accuracy"] = accuracy(val[kept], data.val_y)
-                run.test_predictions = test[kept]
-                entry["test_accuracy"] = accuracy(test[kept], data.test_y)
-                if test_eval_mode is not None:
-                    entry["test_accuracy_eval_mode"] = accuracy(test_eval_mode[kept], data.test_y)
+                predictions = (None if val is None else val[kept], test[kept],
+                               None if test_eval_mode is None else test_eval_mode[kept])
                 run.model, run.velocity = stack.state_dict(kept), stack.velocity_of(kept)
-            entry["train_seconds"] = round(epoch_s, 3)
-            entry["images_per_second"] = round(batch_images / epoch_s, 1)
-            run.history.append(entry)
-            run.train_seconds += epoch_s
-            run.eval_seconds += eval_s
+            entry = run.end_epoch(epoch, losses[row], predictions, data, epoch_s, eval_s, batch_images)
             if on_epoch:
                 on_epoch(indices[i], entry)
         for i in active:
             if checkpoints[i]:
-                progress[i].save(checkpoints[i], cfgs[i])
+                save_progress(progress[i], checkpoints[i], cfgs[i])
         if log:
             accs = sorted(progress[active[row]].history[-1]["test_accuracy"] for row in finite_rows)
             spread = f" test {accs[0]:.2f}..{accs[-1]:.2f}%" if accs else ""
             log(f"{first.recipe} epoch {epoch}/{first.epochs}: {len(active)} runs{spread} "
                 f"{batch_images * len(active) / epoch_s:,.0f} img/s (all runs)"
-                + (f", {len(diverged)} DIVERGED" if diverged else ""))
+                + (f", {len(lost)} DIVERGED" if lost else ""))
         active = [active[row] for row in finite_rows]
     return stack

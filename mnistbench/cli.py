@@ -7,13 +7,11 @@ and without leaving a metrics.json that could be mistaken for a finished run.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 
@@ -28,24 +26,6 @@ class _Parser(argparse.ArgumentParser):
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def _finite(value):
-    """JSON has no NaN or inf: store them as null (the run's status says why)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
-
-
-def write_json(path: Path, payload: dict) -> None:
-    from .train import atomic_write
-
-    text = json.dumps(_finite(payload), indent=1, allow_nan=False) + "\n"
-    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def _positive(kind):
@@ -67,13 +47,23 @@ def _lr_label(text: str) -> str:
 
 
 def _check_writable(out: Path) -> None:
+    from .record import check_writable
+
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        raise UsageError(f"cannot write to output folder {out}: {err.strerror or err}") from None
+        check_writable(out)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
+def _job(function, *args, **kwargs):
+    """Run a job of mnistbench.jobs; its bad-input errors become one-line usage errors."""
+    from .data import DataError
+    from .train import CheckpointError
+
+    try:
+        return function(*args, **kwargs)
+    except (DataError, CheckpointError, ValueError) as err:
+        raise UsageError(str(err)) from None
 
 
 # --- commands -------------------------------------------------------------------------------
@@ -125,185 +115,35 @@ def cmd_recipes(args) -> None:
 
 
 def cmd_train(args) -> None:
-    import torch
+    from .jobs import train_into
 
-    from .baselines import run_baseline
-    from .data import DataError
-    from .train import CheckpointError, train
-
-    recipe = _recipe(args)
-    if recipe.kind == "ensemble":
-        raise UsageError(f"{recipe.id} is a vote of trained {recipe.members} runs: train those, "
-                         f"then use 'mnistbench ensemble'")
-    out = Path(args.out)
-    _check_writable(out)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    quiet_log = None if args.quiet else log
-    started = time.time()
-    tracker = None
-    try:
-        if recipe.kind == "baseline":
-            tracker = _start_tracking(args, recipe, out)
-            result = run_baseline(recipe, args.seed, args.data_dir)
-        else:
-            recipe = recipe.with_overrides(lr=args.lr, epochs=args.epochs, train_subset=args.train_subset)
-            tracker = _start_tracking(args, recipe, out)
-            if quiet_log:
-                quiet_log(f"training {recipe.id} seed {args.seed} for {recipe.epochs} epochs, lr {recipe.lr:g}")
-            result = train(recipe, args.seed, device=args.device, data_dir=args.data_dir,
-                           checkpoint=None if args.no_checkpoint else out / "checkpoint.pt", log=quiet_log,
-                           extra_state={"mlflow_run_id": tracker.run_id} if tracker and tracker.run_id else None,
-                           on_epoch=tracker.log_epoch if tracker else None)
-    except (DataError, CheckpointError, ValueError) as err:
-        if tracker:
-            tracker.abort("FAILED")
-        raise UsageError(str(err)) from None
-    except BaseException as err:
-        if tracker:
-            tracker.abort("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
-        raise
-    result["wall_seconds"] = round(time.time() - started, 3)
-    _label_run(result, args, tracker)
-    _write_run(out, result)
-    _finish_tracking(tracker, result, out)
-    if not args.quiet:
-        log(f"{result['status']}: selected accuracy {result['selected_accuracy']}% "
-            f"(published {recipe.published_accuracy}%) -> {out / 'metrics.json'}")
+    _job(train_into, _recipe(args), args.seed, args.out, lr=args.lr, epochs=args.epochs,
+         train_subset=args.train_subset, checkpoint=not args.no_checkpoint, **_job_options(args))
 
 
 def cmd_train_batch(args) -> None:
     """Train seeds x learning rates of one recipe together (batched.py); one run folder each."""
-    import torch
+    from .jobs import train_batch_into
 
-    from .batched import train_batch
-    from .data import DataError
-    from .train import CheckpointError
+    _job(train_batch_into, _recipe(args), args.seeds, args.out_pattern, lrs=args.lrs or (),
+         epochs=args.epochs, train_subset=args.train_subset, checkpoint=not args.no_checkpoint,
+         graphs=False if args.no_cuda_graphs else None, **_job_options(args))
 
-    recipe = _recipe(args)
-    if recipe.kind != "network":
-        raise UsageError(f"{recipe.id} is a {recipe.kind}, not a network to train: use 'mnistbench "
-                         f"{'ensemble' if recipe.kind == 'ensemble' else 'train'}'")
-    if len(set(args.seeds)) < len(args.seeds):
-        raise UsageError(f"--seeds repeats a seed: {' '.join(map(str, args.seeds))}")
-    lrs = args.lrs or [f"{recipe.lr:g}"]  # the labels go into the paths verbatim, as the workflow spells them
-    if len({float(lr) for lr in lrs}) < len(lrs):
-        raise UsageError(f"--lrs repeats a learning rate: {' '.join(lrs)}")
-    for field, values in (("{seed}", args.seeds), ("{lr}", lrs)):
-        if len(values) > 1 and field not in args.out_pattern:
-            raise UsageError(f"--out-pattern must contain {field}: the runs would share a folder")
-    base = recipe.with_overrides(epochs=args.epochs, train_subset=args.train_subset)
-    runs, outs = [], []
-    for lr in lrs:
-        for seed in args.seeds:
-            runs.append((base.with_overrides(lr=float(lr)), seed))
-            try:
-                outs.append(Path(args.out_pattern.format(recipe=recipe.id, lr=lr, seed=seed)))
-            except (KeyError, IndexError, ValueError) as err:
-                raise UsageError(f"--out-pattern {args.out_pattern!r}: only {{recipe}}, {{lr}} and "
-                                 f"{{seed}} can be filled in ({type(err).__name__}: {err})") from None
-    for out in outs:
-        _check_writable(out)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    run_args = [argparse.Namespace(**{**vars(args), "seed": seed}) for _, seed in runs]
-    started = time.time()
-    trackers = []
-    try:
-        trackers = [_start_tracking(a, r, out) for a, (r, _), out in zip(run_args, runs, outs)]
-        on_epoch = (lambda i, entry: trackers[i].log_epoch(entry)) if args.mlflow else None
-        results = train_batch(runs, device=args.device, data_dir=args.data_dir,
-                              log=None if args.quiet else log, on_epoch=on_epoch,
-                              graphs=False if args.no_cuda_graphs else None,
-                              checkpoints=None if args.no_checkpoint else [out / "checkpoint.pt" for out in outs],
-                              extra_states=[{"mlflow_run_id": t.run_id} if t and t.run_id else None
-                                            for t in trackers])
-    except (DataError, CheckpointError, ValueError) as err:
-        for tracker in filter(None, trackers):
-            tracker.abort("FAILED")
-        raise UsageError(str(err)) from None
-    except BaseException as err:
-        for tracker in filter(None, trackers):
-            tracker.abort("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
-        raise
-    wall_seconds = round(time.time() - started, 3)
-    for result, a, tracker, out in zip(results, run_args, trackers, outs):
-        result["wall_seconds"] = wall_seconds  # of the whole batch: the runs shared it
-        _label_run(result, a, tracker)
-        _write_run(out, result)
-        _finish_tracking(tracker, result, out)
-        if not args.quiet:
-            log(f"{result['status']}: lr {result['lr']:g} seed {result['seed']} selected accuracy "
-                f"{result['selected_accuracy']}% (published {recipe.published_accuracy}%) -> {out / 'metrics.json'}")
+
+def _job_options(args) -> dict:
+    """What `train` and `train-batch` pass on alike (their shared options, _training_options)."""
+    return dict(device=args.device, threads=args.threads, data_dir=args.data_dir, study=args.study,
+                mlflow=args.mlflow, pipeline_check=args.pipeline_check, log=None if args.quiet else log)
 
 
 def _recipe(args):
-    """The recipe of --recipe, after the checks every command that runs one shares."""
+    """The recipe of --recipe."""
     from .recipes import UnknownRecipe, get_recipe
 
-
     try:
-        recipe = get_recipe(args.recipe)
+        return get_recipe(args.recipe)
     except UnknownRecipe as err:
         raise UsageError(str(err)) from None
-    if args.mlflow and not args.study:
-        raise UsageError("--mlflow needs --study NAME (the MLflow experiment is mnistbench/NAME)")
-    return recipe
-
-
-def _label_run(result: dict, args, tracker=None) -> None:
-    """The study a run belongs to, whether it is only a pipeline check, and its MLflow run."""
-    if tracker and tracker.run_id:
-        result["extra_state"] = {**(result.get("extra_state") or {}), "mlflow_run_id": tracker.run_id}
-    if args.study:
-        result["study"] = args.study
-    if args.pipeline_check:
-        result["pipeline_check"] = True
-
-
-def _start_tracking(args, recipe, out: Path):
-    """Open the run's MLflow run (--mlflow); resumed runs continue the MLflow run of their checkpoint."""
-    if not args.mlflow:
-        return None
-    from .tracking import RunTracker, checkpoint_run_id, run_key
-
-    lr = recipe.lr if recipe.kind == "network" else None
-    tracker = RunTracker(args.study, run_key(args.study, recipe.id, lr, seed=args.seed))
-    params = {"study": args.study, "recipe": recipe.id, "seed": args.seed, "lr": lr}
-    if recipe.kind == "network":
-        params.update(epochs=recipe.epochs, batch_size=recipe.batch_size, momentum=recipe.momentum,
-                      l2=recipe.l2, loss=recipe.loss, init=recipe.init, scaling=recipe.scaling,
-                      expand=recipe.expand, train_subset=recipe.train_subset,
-                      selection=recipe.selection, selection_split=recipe.selection_split,
-                      dropout_masks=recipe.dropout_masks, test_mode=recipe.test_mode,
-                      protocol_code=recipe.protocol.code, arch=dataclasses.asdict(recipe.arch))
-    tags = {"recipe": recipe.id, "published_id": recipe.published_id, "seed": args.seed,
-            "learning_rate": "none" if lr is None else f"{lr:g}",
-            "protocol": recipe.protocol.family if recipe.protocol else "nielsen",
-            "pipeline_check": bool(args.pipeline_check), "device": args.device}
-    resume = None if args.no_checkpoint else checkpoint_run_id(out / "checkpoint.pt")
-    tracker.start(params, tags, resume_run_id=resume)
-    return tracker
-
-
-def _finish_tracking(tracker, result: dict, out: Path) -> None:
-    """Log the written result to MLflow; if that fails, metrics.json records why (and stays)."""
-    if tracker is None:
-        return
-    if not tracker.finish(result, out):
-        result["mlflow_error"] = tracker.error or "MLflow run was not started"
-        write_json(out / "metrics.json", result)
-
-
-def _write_run(out: Path, result: dict) -> None:
-    """metrics.json last: its presence means the run is complete (Snakemake's output)."""
-    from .train import save_state
-
-    weights = result.pop("final_model", None)
-    if weights is not None:
-        save_state(out / "model.pt", weights)
-    write_json(out / "metrics.json", result)
-    (out / "checkpoint.pt").unlink(missing_ok=True)
 
 
 def cmd_download(args) -> None:
@@ -318,49 +158,10 @@ def cmd_download(args) -> None:
 
 
 def cmd_ensemble(args) -> None:
-    from .data import DataError, load_mnist
-    from .ensemble import vote
-    from .train import environment, resolve_device
+    from .jobs import vote_into
 
-    recipe = _recipe(args)
-    if recipe.kind != "ensemble":
-        raise UsageError(f"{recipe.id} is not an ensemble recipe (try nielsen_ch6_ensemble)")
-    members = []
-    for path in args.members:
-        try:
-            metrics = json.loads(Path(path).read_text())
-        except (OSError, ValueError) as err:
-            raise UsageError(f"cannot read member run {path}: {err}") from None
-        if metrics.get("recipe") != recipe.members:
-            raise UsageError(f"{path} is a {metrics.get('recipe')} run; {recipe.id} votes "
-                             f"{recipe.members} runs")
-        members.append((path, metrics))
-    if len({m.get("lr") for _, m in members}) > 1:
-        raise UsageError("the member runs of one ensemble must share a learning rate")
-    try:
-        test_labels = load_mnist(args.data_dir)[3]
-    except DataError as err:
-        raise UsageError(str(err)) from None
-    out = Path(args.out)
-    _check_writable(out)
-    started = time.time()
-    result = vote(recipe, members, args.group, test_labels)
-    result["environment"] = environment(resolve_device("cpu"))
-    result["command"] = " ".join(sys.argv)
-    result["wall_seconds"] = round(time.time() - started, 3)
-    tracker = None
-    if args.mlflow:
-        from .tracking import RunTracker, run_key
-
-        tracker = RunTracker(args.study, run_key(args.study, recipe.id, result["lr"], group=args.group))
-        tracker.start({"study": args.study, "recipe": recipe.id, "group": args.group, "lr": result["lr"]},
-                      {"recipe": recipe.id, "published_id": recipe.id})
-    _label_run(result, args, tracker)
-    write_json(out / "metrics.json", result)
-    _finish_tracking(tracker, result, out)
-    log(f"{recipe.id} group {args.group}: {result['note']}: "
-        + (f"{result['selected_accuracy']}%" if result["status"] == "finished" else result["status"])
-        + f" (published {recipe.published_accuracy}%) -> {out / 'metrics.json'}")
+    _job(vote_into, _recipe(args), args.members, args.out, group=args.group, data_dir=args.data_dir,
+         study=args.study, mlflow=args.mlflow, pipeline_check=args.pipeline_check, log=log)
 
 
 def cmd_aggregate(args) -> None:
@@ -393,6 +194,7 @@ def cmd_aggregate(args) -> None:
 
 
 def cmd_mlflow_sync(args) -> None:
+    from .record import write_record
     from .tracking import find_metrics, sync
 
     missing = [p for p in args.paths if not Path(p).exists()]
@@ -412,7 +214,7 @@ def cmd_mlflow_sync(args) -> None:
             raise UsageError(str(err)) from None
 
     log(f"syncing {len(paths)} metrics.json files into MLflow at {mlflow.get_tracking_uri()}")
-    counts = sync(paths, write_json, dry_run=args.dry_run, log=log, reports=Path(args.reports),
+    counts = sync(paths, write_record, dry_run=args.dry_run, log=log, reports=Path(args.reports),
                   study_config=config_of)
     log(", ".join(f"{n} {what}" for what, n in counts.items()))
     if counts["failed"]:
@@ -537,41 +339,22 @@ def build_parser() -> argparse.ArgumentParser:
                        "docs/protocols.md (run from the project root)")
 
     p = sub.add_parser("train", help="train one run of a recipe and write DIR/metrics.json")
-    p.add_argument("--recipe", required=True, help="recipe id (see 'mnistbench recipes')")
     p.add_argument("--seed", type=int, required=True, help="decides init, data order and dropout")
     p.add_argument("--lr", type=_positive(float), help="learning rate (default: the recipe's)")
-    p.add_argument("--epochs", type=_positive(int), help="epochs (default: the recipe's)")
-    p.add_argument("--train-subset", type=_positive(int), metavar="N",
-                   help="train on the first N images of the split (before expansion)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--data-dir", help="MNIST root (default: $MNISTBENCH_DATA_DIR or ./data)")
-    p.add_argument("--threads", type=_positive(int), help="CPU threads for torch")
     p.add_argument("--out", required=True, help="run folder for metrics.json, model.pt, checkpoint.pt")
-    p.add_argument("--no-checkpoint", action="store_true", help="do not save or resume checkpoints")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
-    _tracking_options(p)
+    _training_options(p)
 
     p = sub.add_parser("train-batch", help="train seeds x learning rates of one recipe together, as "
                        "one stacked model (fast on a GPU); one run folder each, as 'train' writes")
-    p.add_argument("--recipe", required=True, help="recipe id (see 'mnistbench recipes')")
     p.add_argument("--seeds", type=int, nargs="+", required=True, metavar="SEED", help="one run per seed...")
     p.add_argument("--lrs", type=_lr_label, nargs="+", metavar="LR",
                    help="...and per learning rate (default: the recipe's)")
     p.add_argument("--out-pattern", required=True, metavar="PATTERN",
                    help="run folder of each run, with {recipe}, {lr} and {seed} filled in, e.g. "
                         "'results/x/runs/{recipe}/lr={lr}/seed={seed}'")
-    p.add_argument("--epochs", type=_positive(int), help="epochs (default: the recipe's)")
-    p.add_argument("--train-subset", type=_positive(int), metavar="N",
-                   help="train on the first N images of the split (before expansion)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--data-dir", help="MNIST root (default: $MNISTBENCH_DATA_DIR or ./data)")
-    p.add_argument("--threads", type=_positive(int), help="CPU threads for torch")
     p.add_argument("--no-cuda-graphs", action="store_true",
                    help="on a GPU, launch every kernel instead of replaying a captured step")
-    p.add_argument("--no-checkpoint", action="store_true",
-                   help="do not save or resume checkpoints (each run folder's checkpoint.pt)")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
-    _tracking_options(p)
+    _training_options(p)
 
     p = sub.add_parser("download", help="fetch MNIST once (or copy it from $MNISTBENCH_MNIST_MIRROR) "
                        "and check its md5 sums")
@@ -639,6 +422,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="MNIST root (default: $MNISTBENCH_DATA_DIR or ./data)")
     p.add_argument("--quiet", action="store_true", help="no training progress output")
     return parser
+
+
+def _training_options(p) -> None:
+    """The options `train` and `train-batch` share (passed on by _job_options)."""
+    p.add_argument("--recipe", required=True, help="recipe id (see 'mnistbench recipes')")
+    p.add_argument("--epochs", type=_positive(int), help="epochs (default: the recipe's)")
+    p.add_argument("--train-subset", type=_positive(int), metavar="N",
+                   help="train on the first N images of the split (before expansion)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--data-dir", help="MNIST root (default: $MNISTBENCH_DATA_DIR or ./data)")
+    p.add_argument("--threads", type=_positive(int), help="CPU threads for torch")
+    p.add_argument("--no-checkpoint", action="store_true",
+                   help="do not save or resume checkpoints (the run folder's checkpoint.pt)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    _tracking_options(p)
 
 
 def _tracking_options(p) -> None:

@@ -23,46 +23,28 @@ def plurality_vote(predictions: list[str]) -> torch.Tensor:
     return counts.argmax(1)  # argmax returns the first maximum: the lowest tied digit
 
 
-def member_summary(metrics: dict, path: str) -> dict:
-    return {"seed": metrics.get("seed"), "status": metrics.get("status"),
-            "final_test_accuracy": metrics.get("final_test_accuracy"), "metrics": str(path),
-            "mlflow_run_id": (metrics.get("extra_state") or {}).get("mlflow_run_id")}
-
-
 def vote(recipe, members: list[tuple[str, dict]], group: int, test_labels: torch.Tensor) -> dict:
-    """The ensemble result of one group of member runs (path, metrics), as a metrics.json dict.
+    """The ensemble record of one group of member runs (path, metrics): record.ensemble_record.
 
     Fewer than five finished members (diverged runs, or a study with fewer seeds) give status
     "not_enough_runs" and no accuracy: the tables must show the gap, not a made-up number.
     """
-    from .train import accuracy
+    from .record import ensemble_record
+    from .train import accuracy, environment, resolve_device
 
     members = sorted(members, key=lambda m: m[1].get("seed") or 0)
     usable = [(p, m) for p, m in members
               if m.get("status") == "finished" and m.get("test_predictions")]
-    first = members[0][1] if members else {}
-    config = {**(first.get("config") or {}), "recipe": recipe.id, "published_id": recipe.id,
-              "members_recipe": recipe.members, "group": group, "ensemble_size": SIZE,
-              "vote": VOTE_RULE}
-    config.pop("seed", None)
-    result = {
-        "schema": 1, "recipe": recipe.id, "published_id": recipe.id,
-        "protocol": first.get("protocol"), "seed": None, "group": group, "lr": first.get("lr"),
-        "published_accuracy": recipe.published_accuracy,
-        "members": [member_summary(m, p) for p, m in members],
-        "members_finished": len(usable),
-        "config": config, "history": [], "selected_epoch": None, "final_val_accuracy": None,
-        "train_seconds": None, "eval_seconds": None, "images_per_second": None,  # see the members
-    }
+    predictions = score = None
     if len(usable) < SIZE:
-        return {**result, "status": "not_enough_runs", "selected_accuracy": None,
-                "final_test_accuracy": None, "test_predictions": None,
-                "note": f"not enough runs: {len(usable)} of {SIZE} finished {recipe.members} runs "
-                        f"in this group (seeds {', '.join(str(m.get('seed')) for _, m in members)})"}
-    predictions = plurality_vote([m["test_predictions"] for _, m in usable[:SIZE]])
-    score = accuracy(predictions, test_labels.long())
-    return {**result, "status": "finished", "selected_accuracy": score,
-            "final_test_accuracy": score,
-            "test_predictions": "".join(map(str, predictions.tolist())),
-            "note": f"plurality vote of {recipe.members} seeds "
-                    f"{', '.join(str(m.get('seed')) for _, m in usable[:SIZE])}"}
+        note = (f"not enough runs: {len(usable)} of {SIZE} finished {recipe.members} runs "
+                f"in this group (seeds {', '.join(str(m.get('seed')) for _, m in members)})")
+    else:
+        predictions = plurality_vote([m["test_predictions"] for _, m in usable[:SIZE]])
+        score = accuracy(predictions, test_labels.long())
+        note = (f"plurality vote of {recipe.members} seeds "
+                f"{', '.join(str(m.get('seed')) for _, m in usable[:SIZE])}")
+    return ensemble_record(recipe, group, members, finished=len(usable), accuracy=score,
+                           test_predictions=predictions, note=note,
+                           vote={"ensemble_size": SIZE, "vote": VOTE_RULE},
+                           environment=environment(resolve_device("cpu")))

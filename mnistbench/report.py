@@ -27,7 +27,7 @@ import pandas as pd
 
 from . import figures, stats
 from .aggregate import UNLEARNED_RECALL, missed_a_digit
-from .record import core_seconds, git
+from .record import RECORD_FILE, RecordError, core_seconds, git, read_record
 from .recipes import all_recipes, protocol_fields, published_selection_text, published_table
 from .tracking import experiment_name
 
@@ -96,11 +96,11 @@ def load_metrics(runs: pd.DataFrame, study_dir: Path) -> dict[int, dict]:
     """Each run's metrics.json (for its history, config and environment), by runs.csv row."""
     loaded = {}
     for index, run_dir in runs["run_dir"].items():
-        path = run_path(run_dir, study_dir) / "metrics.json"
+        path = run_path(run_dir, study_dir) / RECORD_FILE
         try:
-            loaded[index] = json.loads(path.read_text())
+            loaded[index] = read_record(path)
             loaded[index]["_mtime"] = path.stat().st_mtime
-        except (OSError, ValueError) as err:
+        except (OSError, RecordError) as err:
             raise ReportError(f"cannot read {path} (listed in runs.csv): {err}") from None
     return loaded
 
@@ -499,7 +499,7 @@ def build_report(study_dir, out_dir, study_config: dict | None = None) -> Path:
     }
     for section in sections:  # links from the markdown page to each run's record
         for run in section["runs_table"]:
-            run["record_link"] = os.path.relpath(run_path(run["run_dir"], study_dir) / "metrics.json", out)
+            run["record_link"] = os.path.relpath(run_path(run["run_dir"], study_dir) / RECORD_FILE, out)
     context["core_hours"] = sum(r["core_hours"] for r in rows)
     context["progress"] = None
     if study_config and study_config.get("recipes") and not pipeline_check:

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .record import lr_label, run_key  # noqa: F401  (run_key: cli.py imports it from here)
+from .record import RECORD_FILE, lr_label, parse_run_path, read_record, run_key
 
 RUN_KEY_TAG = "mnistbench.run_key"
 STUDY_KEY_TAG = "mnistbench.study_key"  # marks a study's parent run; its value is the study
@@ -65,9 +65,9 @@ def study_of(metrics: dict, path: Path) -> str:
     """The study a metrics.json belongs to: its own "study" key, else <study>/runs/... in its path."""
     if metrics.get("study"):
         return metrics["study"]
-    parents = Path(path).resolve().parents
-    if len(parents) > 4 and parents[3].name == "runs":
-        return parents[4].name
+    where = parse_run_path(Path(path).resolve())
+    if where:
+        return where["study"]
     raise ValueError(f"{path}: cannot tell its study (no 'study' key, not under <study>/runs/)")
 
 
@@ -623,8 +623,7 @@ def logged_here(run_id: str | None) -> bool:
 
 def study_dirs(paths: list[Path]) -> list[Path]:
     """The study folders (<study> of <study>/runs/<recipe>/<lr>/<seed>/metrics.json) of paths."""
-    return list(dict.fromkeys(Path(p).parents[4] for p in paths
-                              if len(Path(p).parents) > 4 and Path(p).parents[3].name == "runs"))
+    return list(dict.fromkeys(where["study_dir"] for where in map(parse_run_path, paths) if where))
 
 
 def sync(paths: list[Path], write_json=None, dry_run: bool = False, log=print,
@@ -639,7 +638,7 @@ def sync(paths: list[Path], write_json=None, dry_run: bool = False, log=print,
     """
     counts = {"up to date": 0, "replayed": 0, "failed": 0}
     for path in paths:
-        metrics = json.loads(path.read_text())
+        metrics = read_record(path)
         run_id = live_run(path, metrics)
         if run_id:
             counts["up to date"] += 1
@@ -679,5 +678,5 @@ def find_metrics(paths: list[Path]) -> list[Path]:
     """metrics.json files: the given files, and every one below the given folders."""
     found = []
     for path in map(Path, paths):
-        found += sorted(path.rglob("metrics.json")) if path.is_dir() else [path]
+        found += sorted(path.rglob(RECORD_FILE)) if path.is_dir() else [path]
     return found

@@ -13,10 +13,8 @@ import math
 import os
 import platform
 import socket
-import sys
-import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -27,7 +25,7 @@ from . import __version__
 from .data import Splits, make_splits
 from .models import Dropout, advance_dropout, create, decayed_parameters
 from .recipes import Recipe, planned_train_images
-from .record import git
+from .record import atomic_write, git, network_record
 
 EVAL_BATCH = 1000
 PROGRESS_EVERY_S = 15.0  # mid-epoch progress lines on long epochs
@@ -256,19 +254,6 @@ def environment(device: torch.device) -> dict:
     }
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file in the same folder, then rename: never a half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def to_cpu(state):
     """`state` with every tensor in it (nested in dicts, lists, tuples) copied to the CPU."""
     if isinstance(state, torch.Tensor):
@@ -306,6 +291,58 @@ def load_checkpoint(path: Path, cfg: RunConfig, trainer: str = "train") -> dict 
     return state
 
 
+@dataclass
+class RunProgress:
+    """One run so far: restored from its checkpoint, updated after every epoch by end_epoch
+    (train and batched.train_batch share it, so both keep their history alike)."""
+
+    history: list[dict] = field(default_factory=list)
+    status: str = "finished"
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    test_predictions: torch.Tensor | None = None
+    model: dict | None = None  # batched runs: the last epoch's weights (a diverged run: those it stopped with)
+    velocity: dict | None = None  # batched runs: their momentum buffers
+    extra_state: dict = field(default_factory=dict)
+
+    @classmethod
+    def restore(cls, state: dict, extra_state: dict) -> "RunProgress":
+        history = state["history"]
+        return cls(history=history, status="diverged" if history and history[-1].get("diverged") else "finished",
+                   train_seconds=state["train_seconds"], eval_seconds=state["eval_seconds"],
+                   test_predictions=state["test_predictions"], model=state["model"],
+                   velocity=state.get("velocity"), extra_state={**state.get("extra_state", {}), **extra_state})
+
+    def end_epoch(self, epoch: int, train_loss: float, predictions: tuple | None, data: Splits,
+                  train_s: float, eval_s: float, images: int) -> dict:
+        """The epoch's history entry, appended: its accuracies, or, when the loss diverged
+        (predictions None: see diverged()), the end of the run. predictions: the (validation or
+        None, test, test in eval mode or None) digits predicted after the epoch."""
+        entry = {"epoch": epoch, "train_loss": train_loss}
+        if predictions is None:
+            self.status, self.test_predictions = "diverged", None
+            entry.update(val_accuracy=None, test_accuracy=None, diverged=True)
+        else:
+            val, test, test_eval_mode = predictions
+            if val is not None:
+                entry["val_accuracy"] = accuracy(val, data.val_y)
+            self.test_predictions = test
+            entry["test_accuracy"] = accuracy(test, data.test_y)
+            if test_eval_mode is not None:  # the published measurement, and the usual one beside it
+                entry["test_accuracy_eval_mode"] = accuracy(test_eval_mode, data.test_y)
+        entry["train_seconds"] = round(train_s, 3)
+        entry["images_per_second"] = round(images / train_s, 1)
+        self.history.append(entry)
+        self.train_seconds += train_s
+        self.eval_seconds += eval_s
+        return entry
+
+
+def diverged(train_loss: float) -> bool:
+    """A run whose epoch loss is not finite has diverged: it stops, keeping its last weights."""
+    return not math.isfinite(train_loss)
+
+
 def train(recipe: Recipe, seed: int, *, device: str = "cpu", data: Splits | None = None,
           data_dir=None, checkpoint: Path | None = None, log: Callable[[str], None] | None = None,
           extra_state: dict | None = None, on_epoch: Callable[[dict], None] | None = None) -> dict:
@@ -329,27 +366,21 @@ def train(recipe: Recipe, seed: int, *, device: str = "cpu", data: Splits | None
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, cfg)
     loss_fn = LOSSES[cfg.loss]
-    history: list[dict] = []
-    train_seconds = eval_seconds = 0.0
-    extra_state = dict(extra_state or {})
 
-    test_predictions = None
+    run = RunProgress(extra_state=dict(extra_state or {}))
     state = load_checkpoint(checkpoint, cfg) if checkpoint else None
     if state:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        history, train_seconds, eval_seconds = state["history"], state["train_seconds"], state["eval_seconds"]
-        extra_state = {**state.get("extra_state", {}), **extra_state}
-        test_predictions = state["test_predictions"]
+        run = RunProgress.restore(state, run.extra_state)
         if log:
-            log(f"resuming {cfg.recipe} seed {seed} after epoch {len(history)} from {checkpoint}")
+            log(f"resuming {cfg.recipe} seed {seed} after epoch {len(run.history)} from {checkpoint}")
 
     n = len(data.train_x)
     steps = num_batches(n, cfg.batch_size, cfg.drop_last)
-    status = "diverged" if history and history[-1].get("diverged") else "finished"
     model.train()
-    for epoch in range(len(history) + 1, cfg.epochs + 1):
-        if status == "diverged":
+    for epoch in range(len(run.history) + 1, cfg.epochs + 1):
+        if run.status == "diverged":
             break
         started = time.perf_counter()
         order = epoch_order(seed, epoch, n, cfg.shuffle, device)
@@ -375,42 +406,31 @@ def train(recipe: Recipe, seed: int, *, device: str = "cpu", data: Splits | None
                     f"loss {loss_sum.item() / (step + 1):.4f} {rate:,.0f} img/s")
         train_loss = loss_sum.item() / steps
         epoch_train_s = time.perf_counter() - started
-        train_seconds += epoch_train_s
         t_eval = time.perf_counter()
-        entry = {"epoch": epoch, "train_loss": train_loss}
-        if not math.isfinite(train_loss):
-            status, test_predictions = "diverged", None
-            entry.update(val_accuracy=None, test_accuracy=None, diverged=True)
-        else:
-            if data.val_x is not None:
-                entry["val_accuracy"] = accuracy(predict(model, data.val_x), data.val_y)
-            test_predictions = predict(model, data.test_x, cfg.test_mode)
-            entry["test_accuracy"] = accuracy(test_predictions, data.test_y)
-            if cfg.test_mode != "eval":  # the published measurement, and the usual one beside it
-                entry["test_accuracy_eval_mode"] = accuracy(predict(model, data.test_x), data.test_y)
-        eval_seconds += time.perf_counter() - t_eval
-        entry["train_seconds"] = round(epoch_train_s, 3)
-        entry["images_per_second"] = round(steps * cfg.batch_size / epoch_train_s, 1)
-        history.append(entry)
+        predictions = None
+        if not diverged(train_loss):
+            predictions = (predict(model, data.val_x) if data.val_x is not None else None,
+                           predict(model, data.test_x, cfg.test_mode),
+                           predict(model, data.test_x) if cfg.test_mode != "eval" else None)
+        entry = run.end_epoch(epoch, train_loss, predictions, data, epoch_train_s,
+                              time.perf_counter() - t_eval, steps * cfg.batch_size)
         if on_epoch:
             on_epoch(entry)
         if log:
             val = f" val {entry['val_accuracy']:.2f}%" if entry.get("val_accuracy") is not None else ""
             test = f" test {entry['test_accuracy']:.2f}%" if entry.get("test_accuracy") is not None else ""
             log(f"{cfg.recipe} seed {seed} epoch {epoch}/{cfg.epochs} loss {train_loss:.4f}{val}{test} "
-                f"{entry['images_per_second']:,.0f} img/s" + (" DIVERGED" if status == "diverged" else ""))
+                f"{entry['images_per_second']:,.0f} img/s" + (" DIVERGED" if run.status == "diverged" else ""))
         if checkpoint:
             payload = {"config": asdict(cfg), "model": model.state_dict(),
-                       "optimizer": optimizer.state_dict(), "history": history,
-                       "train_seconds": train_seconds, "eval_seconds": eval_seconds,
-                       "extra_state": extra_state,
-                       "test_predictions": None if test_predictions is None else test_predictions.cpu()}
+                       "optimizer": optimizer.state_dict(), "history": run.history,
+                       "train_seconds": run.train_seconds, "eval_seconds": run.eval_seconds,
+                       "extra_state": run.extra_state,
+                       "test_predictions": None if run.test_predictions is None else run.test_predictions.cpu()}
             save_state(checkpoint, payload)
 
-    return run_result(recipe, cfg, history=history, status=status, train_seconds=train_seconds,
-                      eval_seconds=eval_seconds, test_predictions=test_predictions,
-                      final_model=model.state_dict(), extra_state=extra_state,
-                      environment=environment(device), test_labels=data.test_y)
+    return run_result(recipe, cfg, run, final_model=model.state_dict(), environment=environment(device),
+                      test_labels=data.test_y)
 
 
 def recall_per_digit(predictions: torch.Tensor, labels: torch.Tensor) -> list[float]:
@@ -422,33 +442,15 @@ def recall_per_digit(predictions: torch.Tensor, labels: torch.Tensor) -> list[fl
     return [round(100 * h / c, 2) for h, c in zip(hits.tolist(), counts.tolist())]
 
 
-def run_result(recipe: Recipe, cfg: RunConfig, *, history: list[dict], status: str,
-               train_seconds: float, eval_seconds: float, test_predictions: torch.Tensor | None,
-               final_model: dict, extra_state: dict, environment: dict,
-               test_labels: torch.Tensor) -> dict:
-    """A finished run as the content of metrics.json (plus "final_model"); batched.py shares it."""
-    selected, selected_epoch = select(history, cfg.selection, cfg.selection_split)
-    finite = [h for h in history if h.get("test_accuracy") is not None]
+def run_result(recipe: Recipe, cfg: RunConfig, run: RunProgress, *, final_model: dict | None,
+               environment: dict, test_labels: torch.Tensor) -> dict:
+    """A finished run's record (record.network_record; plus "final_model"); batched.py shares it."""
+    selected, selected_epoch = select(run.history, cfg.selection, cfg.selection_split)
     steps = num_batches(cfg.train_images, cfg.batch_size, cfg.drop_last)
-    trained_images = len(history) * steps * cfg.batch_size
-    return {
-        "schema": 1,
-        "recipe": cfg.recipe, "published_id": cfg.published_id, "protocol": cfg.protocol,
-        "seed": cfg.seed, "lr": cfg.lr, "status": status,
-        "published_accuracy": recipe.published_accuracy,
-        "selected_accuracy": selected, "selected_epoch": selected_epoch,
-        "final_test_accuracy": finite[-1]["test_accuracy"] if finite else None,
-        "final_val_accuracy": finite[-1].get("val_accuracy") if finite else None,
-        "final_test_accuracy_eval_mode": finite[-1].get("test_accuracy_eval_mode") if finite else None,
-        "config": asdict(cfg), "history": history,
-        "train_seconds": round(train_seconds, 3), "eval_seconds": round(eval_seconds, 3),
-        "images_per_second": round(trained_images / train_seconds, 1) if train_seconds else None,
-        "test_predictions": None if test_predictions is None
-        else "".join(map(str, test_predictions.tolist())),
-        "test_recall_per_digit": None if test_predictions is None
-        else recall_per_digit(test_predictions, test_labels),
-        "final_model": final_model,
-        "extra_state": extra_state,
-        "environment": environment,
-        "command": " ".join(sys.argv),
-    }
+    return network_record(
+        recipe, asdict(cfg), status=run.status, history=run.history, selected=selected,
+        selected_epoch=selected_epoch, train_seconds=run.train_seconds, eval_seconds=run.eval_seconds,
+        trained_images=len(run.history) * steps * cfg.batch_size, test_predictions=run.test_predictions,
+        test_recall_per_digit=None if run.test_predictions is None
+        else recall_per_digit(run.test_predictions, test_labels),
+        final_model=final_model, extra_state=run.extra_state, environment=environment)

@@ -31,7 +31,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from mnistbench import batched, cli, train as train_module
+from mnistbench import batched, record, train as train_module
 from mnistbench.batched import GRAPH_WARMUP_STEPS, StackedRuns, train_batch
 from mnistbench.data import Splits
 from mnistbench.recipes import all_recipes, get_recipe
@@ -404,7 +404,7 @@ def test_every_saved_state_is_written_from_cpu_copies(data_dir, tmp_path, monkey
     monkeypatch.setattr(torch, "save", checked_save)
     recipe = get_recipe("tutorial_cnn_nll").with_overrides(train_subset=200, epochs=1)
     result = train(recipe, 1, checkpoint=tmp_path / "solo" / "checkpoint.pt")
-    cli._write_run(tmp_path / "solo", result)
+    record.write_run(tmp_path / "solo", result)
     train_batch([(recipe, 1), (recipe, 2)], checkpoints=[tmp_path / "a.pt", tmp_path / "b.pt"])
     assert (tmp_path / "solo" / "model.pt").exists() and (tmp_path / "b.pt").exists()
 

@@ -14,7 +14,7 @@ from snakemake.utils import min_version, validate
 import mnistbench.study
 from mnistbench.data import MNIST_FILES
 from mnistbench.recipes import all_recipes
-from mnistbench.record import RECORD_FILE, run_dir
+from mnistbench.record import RECORD_FILE, parse_run_path, run_dir
 
 min_version("9.0")
 
@@ -151,8 +151,8 @@ def run_options(study_name, recipe_id):
 
 def run_of(path):
     """results/<study>/runs/<recipe>/lr=<lr>/seed=<seed>/metrics.json -> (recipe, lr, seed)."""
-    seed_dir = Path(path).parent
-    return seed_dir.parent.parent.name, seed_dir.parent.name.split("=", 1)[1], seed_dir.name.split("=", 1)[1]
+    run = parse_run_path(path)
+    return run["recipe"], run["lr"], run["seed"]
 
 
 def study_tables(study):

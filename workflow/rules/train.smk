@@ -66,12 +66,13 @@ for _recipe in BATCHED_RECIPES:
             f"logs/{STUDY}/{_recipe}/batch.log",
         params:
             run=run_options(STUDY, _recipe),
-            study=lambda wildcards, output: Path(output[0]).parents[4].name,
+            study=lambda wildcards, output: parse_run_path(output[0])["study"],
             recipe=lambda wildcards, output: run_of(output[0])[0],
             seeds=lambda wildcards, output: " ".join(dict.fromkeys(run_of(p)[2] for p in output)),
             lrs=lambda wildcards, output: " ".join(dict.fromkeys(run_of(p)[1] for p in output)),
             # filled in by mnistbench, so a function: Snakemake would expand a plain string
-            out_pattern=lambda wildcards, output: str(Path(output[0]).parent.parent.parent / "lr={lr}" / "seed={seed}"),
+            out_pattern=lambda wildcards, output: str(
+                run_dir(parse_run_path(output[0])["study"], run_of(output[0])[0], "{lr}", "{seed}", results=RESULTS)),
         threads: config["threads_per_job"]
         resources:
             **TRAINING_RESOURCES,
