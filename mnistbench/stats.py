@@ -81,21 +81,42 @@ def best_of_k_distribution(chooser: list[float], value: list[float], k: int) -> 
     return [(value[i], w) for i, w in enumerate(weight) if w > 0]
 
 
+def best_of_k_resampled(chooser: list[float], value: list[float], k: int) -> list[tuple[float, float]]:
+    """The same statistic for k runs drawn with replacement from the n runs (the exact bootstrap
+    distribution, without enumerating n^k draws): the draw's winner is the run with the best
+    chooser, so P(winner has rank r of n) = (r/n)^k - ((r - g)/n)^k for a tie group of g runs
+    ending at rank r, shared equally. Unlike the k-subsets it has a spread even when n = k."""
+    n = len(value)
+    if k < 1 or len(chooser) != n or n < 1:
+        raise ValueError(f"best of {k} needs runs with a chooser each, got {n}")
+    weight = [0.0] * n
+    for c in set(chooser):
+        group = [i for i in range(n) if chooser[i] == c]
+        top = sum(1 for x in chooser if x <= c)
+        share = ((top / n) ** k - ((top - len(group)) / n) ** k) / len(group)
+        for i in group:
+            weight[i] = share
+    return [(value[i], w) for i, w in enumerate(weight) if w > 0]
+
+
 def best_of_k_interval(chooser: list[float], value: list[float], k: int,
                        level: float = LEVEL) -> tuple[float, float, float]:
     """(low, high, expected): a 95% prediction interval for the best of k new runs.
 
-    Its centre and spread are the mean and sd of the exact best-of-k distribution above (the sd
-    corrected by n/(n-1), as a sample sd is); its width is the t prediction interval's,
-    t(0.975, n-1) * sd * sqrt(1 + 1/n), which allows for having only n runs. For k = 1 this is
-    exactly prediction_interval(mean, sd, n).
+    Its centre is the mean of the exact k-subset distribution above (unbiased for the expected
+    best of k). Its spread is the sd of the resampled distribution (best_of_k_resampled),
+    corrected by n/(n-1) as a sample sd is: the k-subsets cannot give one when n = k (a single
+    subset, zero spread, a zero-width interval). Its width is the t prediction interval's,
+    t(0.975, n-1) * sd * sqrt(1 + 1/n), which allows for having only n runs. For k = 1 both
+    distributions are the n runs themselves, so this is exactly prediction_interval(mean, sd, n).
     """
     n = len(value)
     if n < 2:
         return math.nan, math.nan, math.nan
-    distribution = best_of_k_distribution(chooser, value, k)
-    mean = sum(v * p for v, p in distribution)
-    var = sum(p * (v - mean) ** 2 for v, p in distribution) * n / (n - 1)
+    mean = sum(v * p for v, p in best_of_k_distribution(chooser, value, k))
+    resampled = best_of_k_resampled(chooser, value, k)
+    centre = sum(v * p for v, p in resampled)
+    var = sum(p * (v - centre) ** 2 for v, p in resampled) * n / (n - 1)
     low, high = prediction_interval(mean, math.sqrt(var), n, level)
     return low, high, mean
 

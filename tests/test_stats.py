@@ -81,12 +81,22 @@ def test_best_of_k_chosen_by_validation_over_all_subsets():
 
 
 def test_best_of_k_interval_by_hand():
-    # mean 98.275; spread over subsets: 0.75 * 0.075^2 + 0.25 * 0.225^2 = 0.016875, times
-    # n/(n-1) = 4/3: 0.0225, sd 0.15; t(0.975, 3) = 3.182446; half width
-    # 3.182446 * 0.15 * sqrt(1 + 1/4) = 0.533712
+    # centre: the subsets' mean, 98.275. Spread: k = 3 runs drawn with replacement from the 4,
+    # winner by validation. Ranked by validation (96, 97, 98, 99: runs 3, 0, 1, 2) the winner has
+    # rank r with probability (r/4)^3 - ((r-1)/4)^3: run 2 (98.2) 37/64, run 1 (98.5) 19/64,
+    # run 0 (98.0) 7/64, run 3 (99.0) 1/64. Mean 98.2796875, variance 0.03474365, times
+    # n/(n-1) = 4/3: 0.04632487, sd 0.215232; t(0.975, 3) = 3.182446; half width
+    # 3.182446 * 0.215232 * sqrt(1 + 1/4) = 0.765815
+    assert flat(stats.best_of_k_resampled(VAL, TEST, 3)) == pytest.approx(
+        [98.0, 7 / 64, 98.5, 19 / 64, 98.2, 37 / 64, 99.0, 1 / 64])
     low, high, expected = stats.best_of_k_interval(VAL, TEST, 3)
     assert expected == pytest.approx(98.275)
-    assert (low, high) == pytest.approx((98.275 - 0.533712, 98.275 + 0.533712), abs=1e-5)
+    assert (low, high) == pytest.approx((98.275 - 0.765815, 98.275 + 0.765815), abs=1e-5)
+    # k = n: one subset, but still a spread (the k-subsets alone gave a zero-width interval)
+    low, high, expected = stats.best_of_k_interval(VAL, TEST, 4)
+    assert expected == pytest.approx(98.2) and high - low > 0.5
+    # runs tied on validation share their group's weight
+    assert stats.best_of_k_resampled([98.0, 98.0], [97.0, 99.0], 2) == [(97.0, 0.5), (99.0, 0.5)]
     # k = 1 is exactly the one-run t prediction interval of the n runs
     values = [97.9, 98.0, 98.1, 98.2, 97.8]
     sd = pd.Series(values).std()
@@ -95,10 +105,10 @@ def test_best_of_k_interval_by_hand():
 
 
 def test_best_of_k_verdict_uses_the_chooser():
-    # 98.9 is inside what the maximum of 3 test accuracies gives (mean 98.875), but above the
-    # best of 3 chosen by validation ([97.741, 98.809])
-    by_validation = stats.judge(98.9, 98.425, 0.4, 4, k=3, chooser=VAL, values=TEST)
-    by_test = stats.judge(98.9, 98.425, 0.4, 4, k=3, chooser=TEST, values=TEST)
+    # 99.2 is inside what the best of 3 test accuracies gives (centre 98.875, up to 100), but
+    # above the best of 3 chosen by validation ([97.509, 99.041])
+    by_validation = stats.judge(99.2, 98.425, 0.4, 4, k=3, chooser=VAL, values=TEST)
+    by_test = stats.judge(99.2, 98.425, 0.4, 4, k=3, chooser=TEST, values=TEST)
     assert (by_validation.verdict, by_test.verdict) == ("above", "consistent")
     assert by_validation.expected_best == pytest.approx(98.275)
     # fewer runs than k: no verdict
