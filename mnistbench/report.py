@@ -27,7 +27,7 @@ import pandas as pd
 
 from . import figures, stats
 from .aggregate import UNLEARNED_RECALL, missed_a_digit
-from .record import RECORD_FILE, RecordError, core_seconds, git, read_record
+from .record import RECORD_FILE, RecordError, atomic_write, core_seconds, git, read_record
 from .recipes import all_recipes, protocol_fields, published_selection_text, published_table
 from .tracking import experiment_name
 
@@ -507,8 +507,6 @@ def build_report(study_dir, out_dir, study_config: dict | None = None) -> Path:
 
         context["progress"] = progress(study_config, study, study_dir.parent)
     for name, template in (("README.md", "report.md.j2"), ("index.html", "report.html.j2")):
-        page = out / name
-        tmp = page.with_name(f".{name}.{os.getpid()}.tmp")
-        tmp.write_text(render(context, template), encoding="utf-8")
-        os.replace(tmp, page)
+        text = render(context, template)
+        atomic_write(out / name, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return out / "index.html"
