@@ -290,10 +290,7 @@ def capture_failure(err: BaseException) -> str:
 
 def save_progress(run: RunProgress, path: Path, cfg: RunConfig) -> None:
     """A batched run's checkpoint (train.load_checkpoint reads it back with trainer TRAINER)."""
-    save_state(path, {"trainer": TRAINER, "config": asdict(cfg), "model": run.model,
-                      "velocity": run.velocity, "history": run.history,
-                      "train_seconds": run.train_seconds, "eval_seconds": run.eval_seconds,
-                      "extra_state": run.extra_state, "test_predictions": run.test_predictions})
+    save_state(path, run.checkpoint(cfg, run.model, trainer=TRAINER, velocity=run.velocity))
 
 
 def train_batch(runs: Sequence[tuple[Recipe, int]], *, device: str = "cpu", data: Splits | None = None,

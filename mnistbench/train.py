@@ -313,6 +313,14 @@ class RunProgress:
                    test_predictions=state["test_predictions"], model=state["model"],
                    velocity=state.get("velocity"), extra_state={**state.get("extra_state", {}), **extra_state})
 
+    def checkpoint(self, cfg: "RunConfig", model: dict, **trainer_state) -> dict:
+        """The checkpoint of this run after its last epoch (save_state writes it from CPU
+        tensors); trainer_state: what only one trainer keeps (its optimizer, or velocities)."""
+        return {"config": asdict(cfg), "model": model, "history": self.history,
+                "train_seconds": self.train_seconds, "eval_seconds": self.eval_seconds,
+                "extra_state": self.extra_state, "test_predictions": self.test_predictions,
+                **trainer_state}
+
     def end_epoch(self, epoch: int, train_loss: float, predictions: tuple | None, data: Splits,
                   train_s: float, eval_s: float, images: int) -> dict:
         """The epoch's history entry, appended: its accuracies, or, when the loss diverged
@@ -422,12 +430,7 @@ def train(recipe: Recipe, seed: int, *, device: str = "cpu", data: Splits | None
             log(f"{cfg.recipe} seed {seed} epoch {epoch}/{cfg.epochs} loss {train_loss:.4f}{val}{test} "
                 f"{entry['images_per_second']:,.0f} img/s" + (" DIVERGED" if run.status == "diverged" else ""))
         if checkpoint:
-            payload = {"config": asdict(cfg), "model": model.state_dict(),
-                       "optimizer": optimizer.state_dict(), "history": run.history,
-                       "train_seconds": run.train_seconds, "eval_seconds": run.eval_seconds,
-                       "extra_state": run.extra_state,
-                       "test_predictions": None if run.test_predictions is None else run.test_predictions.cpu()}
-            save_state(checkpoint, payload)
+            save_state(checkpoint, run.checkpoint(cfg, model.state_dict(), optimizer=optimizer.state_dict()))
 
     return run_result(recipe, cfg, run, final_model=model.state_dict(), environment=environment(device),
                       test_labels=data.test_y)
