@@ -276,7 +276,7 @@ def cmd_findings(args) -> None:
 def cmd_progress(args) -> None:
     import yaml
 
-    from .study import progress
+    from .study import priorities, progress
 
     try:
         config = yaml.safe_load(Path(args.config).read_text()) or {}
@@ -293,6 +293,13 @@ def cmd_progress(args) -> None:
             print(f"{r['recipe']:<{width}}  {r['finished']:>2}/{r['planned']:<2} {mark} "
                   f"{r['at_published_lr']:>6} ({r['needed']})            {r['core_hours']:>6.2f}"
                   f"       {r['core_hours_left']:>6.2f}")
+        order = priorities(spec, args.study, results)
+        upcoming = [r for r in sorted(order, key=order.get, reverse=True)
+                    if not r.path(args.study, results).exists()][:4]
+        if upcoming:
+            print("next in Snakemake's order: " + ", ".join(
+                f"{r.recipe} lr {r.lr} " + (f"seed {r.seed}" if r.group is None else f"group {r.group}")
+                for r in upcoming))
     print(f"{args.study}: {p.published_done}/{p.published_total} published numbers with enough runs; "
           f"{p.runs_done}/{p.runs_planned} runs finished; {p.core_hours_done:.1f} core-hours done, "
           f"about {p.core_hours_left:.1f} core-hours left")

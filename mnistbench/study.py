@@ -93,6 +93,38 @@ def planned_runs(spec: dict) -> list[PlannedRun]:
     return runs
 
 
+def runs_needed(recipe) -> int:
+    """Finished runs at the published learning rate a recipe's verdict needs (a baseline or an
+    ensemble: one; a best-of-k number: k runs, never fewer than stats.MIN_RUNS)."""
+    return 1 if recipe.kind in ("baseline", "ensemble") else max(MIN_RUNS, recipe.best_of)
+
+
+def priorities(spec: dict, study: str, results: str | Path = "results") -> dict[PlannedRun, int]:
+    """The campaign's order as Snakemake job priorities (higher runs first), so that a study's
+    `snakemake ... all` gets verdicts as early as it can on a machine that trains 2 runs at a time.
+
+    A recipe's `priority` setting (per_recipe; default 0) comes first: the replication study puts
+    its most expensive rows last with it. Then the runs a verdict still needs (at the published
+    learning rate, in the study's seed order, as many as are not recorded yet) before the others
+    (more seeds, other learning rates); then the study's recipe order, which lists the cheapest
+    evidence first; then lr and seed order.
+    """
+    recipes = all_recipes()
+    runs = planned_runs(spec)
+    recorded = {run for run in runs if run.path(study, results).exists()}
+    still_needed = {}
+    for recipe_id in spec["recipes"]:
+        recipe = recipes[recipe_id]
+        published = [r for r in runs if r.recipe == recipe_id
+                     and (r.group is not None or r.lr in ("none", lr_label(recipe.lr)))]
+        missing = [r for r in published if r not in recorded]
+        still_needed[recipe_id] = missing[:max(0, runs_needed(recipe) - (len(published) - len(missing)))]
+    position = {run: i for i, run in enumerate(runs)}  # recipe order, then lr, then seed
+    keyed = sorted(runs, key=lambda r: (-recipe_settings(spec, r.recipe).get("priority", 0),
+                                        r not in still_needed[r.recipe], position[r]))
+    return {run: len(keyed) - rank for rank, run in enumerate(keyed)}
+
+
 # --- progress -------------------------------------------------------------------------------
 
 def _cost_class(recipe) -> str:
@@ -152,7 +184,7 @@ def progress(spec: dict, study: str, results: str | Path = "results") -> Progres
             measured = [m["images_per_second"] for m in finished if m.get("images_per_second")]
             rate = statistics.median(measured) if measured else NOMINAL_RATES[_cost_class(recipe)]
             left = missing * planned_images(recipe, spec) / rate * 1.1  # + evaluation, ~10%
-        need = 1 if recipe.kind in ("baseline", "ensemble") else max(MIN_RUNS, recipe.best_of)
+        need = runs_needed(recipe)
         rows.append({"recipe": recipe_id, "published_id": recipe.published_id,
                      "variant": bool(recipe.variant), "planned": len(mine),
                      "finished": len(finished), "at_published_lr": len(at_published),

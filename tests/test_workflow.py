@@ -21,6 +21,8 @@ import pytest
 import yaml
 from scipy import stats
 
+from mnistbench.study import priorities
+
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ["nielsen_ch6_fc100", "nielsen_ch1_fc100"]
 SEEDS = [1, 2]
@@ -437,6 +439,19 @@ def test_batched_jobs_write_one_folder_and_one_mlflow_run_per_run(tmp_path, data
     assert "Nothing to be done" in snakemake(tmp_path, "--config", "batch_runs=true").stderr
     # and the same runs, now one job each, are just as finished
     assert "Nothing to be done" in snakemake(tmp_path, "--config", "batch_runs=false").stderr
+
+
+def test_training_jobs_carry_the_study_priorities(tmp_path, data_dir):
+    """Each train job's Snakemake priority is the study's campaign order (mnistbench.study), so a
+    long study trains the runs a verdict needs first."""
+    write_config(tmp_path, data_dir, lr_factors=[1, 3])
+    out = snakemake(tmp_path, "--dry-run").stdout
+    spec = yaml.safe_load((tmp_path / "config.yaml").read_text())["studies"][STUDY]
+    expected = {str(run.path(STUDY, "results")): value for run, value in priorities(spec, STUDY, tmp_path / "results").items()}
+    blocks = [b for b in out.split("\nrule ") if b.startswith("train:")]
+    found = {re.search(r"output: (\S+)", b).group(1): int(re.search(r"priority: (\d+)", b).group(1))
+             for b in blocks}
+    assert found == expected and len(set(found.values())) == len(found), out
 
 
 @pytest.mark.parametrize("device, batch_runs, gpus", [("cuda", "true", 1), ("cuda", "false", 1), ("cpu", "true", 0)])

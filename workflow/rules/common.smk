@@ -3,6 +3,7 @@
 # A study (config["studies"][NAME]) is a grid of recipes x learning rates x seeds. Each cell is
 # one training job writing RESULTS/<study>/runs/<recipe>/lr=<lr>/seed=<seed>/metrics.json.
 
+import functools
 import math
 import shlex
 import sys
@@ -147,6 +148,19 @@ def run_options(study_name, recipe_id):
     if study["pipeline_check"]:
         options.append("--pipeline-check")
     return " ".join(map(str, options))
+
+
+@functools.cache
+def study_priorities(study):
+    return mnistbench.study.priorities(study_config(study), study, RESULTS)
+
+
+def run_priority(wildcards):
+    """Snakemake's job priority of one run: the study's campaign order (mnistbench.study.priorities),
+    so that `snakemake ... all` trains the runs a verdict still needs first. Computed once per
+    invocation, from the records there are when it starts."""
+    run = mnistbench.study.PlannedRun(wildcards.recipe, wildcards.lr, int(wildcards.seed))
+    return study_priorities(wildcards.study).get(run, 0)
 
 
 def run_of(path):

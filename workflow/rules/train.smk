@@ -43,6 +43,7 @@ rule train:
         lr=lambda wildcards, output: "" if run_of(output[0])[1] == "none" else f"--lr {run_of(output[0])[1]}",
         out=lambda wildcards, output: Path(output[0]).parent,
     threads: config["threads_per_job"]
+    priority: run_priority
     resources:
         **TRAINING_RESOURCES,
     shell:
