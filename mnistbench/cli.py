@@ -294,12 +294,10 @@ def cmd_progress(args) -> None:
                   f"{r['at_published_lr']:>6} ({r['needed']})            {r['core_hours']:>6.2f}"
                   f"       {r['core_hours_left']:>6.2f}")
         order = priorities(spec, args.study, results)
-        upcoming = [r for r in sorted(order, key=order.get, reverse=True)
-                    if not r.path(args.study, results).exists()][:4]
+        upcoming = [r for r in sorted(order, key=order.get, reverse=True)  # votes follow their members
+                    if r.group is None and not r.path(args.study, results).exists()][:4]
         if upcoming:
-            print("next in Snakemake's order: " + ", ".join(
-                f"{r.recipe} lr {r.lr} " + (f"seed {r.seed}" if r.group is None else f"group {r.group}")
-                for r in upcoming))
+            print("next in Snakemake's order: " + ", ".join(f"{r.recipe} lr {r.lr} seed {r.seed}" for r in upcoming))
     print(f"{args.study}: {p.published_done}/{p.published_total} published numbers with enough runs; "
           f"{p.runs_done}/{p.runs_planned} runs finished; {p.core_hours_done:.1f} core-hours done, "
           f"about {p.core_hours_left:.1f} core-hours left")

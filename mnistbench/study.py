@@ -99,32 +99,6 @@ def runs_needed(recipe) -> int:
     return 1 if recipe.kind in ("baseline", "ensemble") else max(MIN_RUNS, recipe.best_of)
 
 
-def priorities(spec: dict, study: str, results: str | Path = "results") -> dict[PlannedRun, int]:
-    """The campaign's order as Snakemake job priorities (higher runs first), so that a study's
-    `snakemake ... all` gets verdicts as early as it can on a machine that trains 2 runs at a time.
-
-    A recipe's `priority` setting (per_recipe; default 0) comes first: the replication study puts
-    its most expensive rows last with it. Then the runs a verdict still needs (at the published
-    learning rate, in the study's seed order, as many as are not recorded yet) before the others
-    (more seeds, other learning rates); then the study's recipe order, which lists the cheapest
-    evidence first; then lr and seed order.
-    """
-    recipes = all_recipes()
-    runs = planned_runs(spec)
-    recorded = {run for run in runs if run.path(study, results).exists()}
-    still_needed = {}
-    for recipe_id in spec["recipes"]:
-        recipe = recipes[recipe_id]
-        published = [r for r in runs if r.recipe == recipe_id
-                     and (r.group is not None or r.lr in ("none", lr_label(recipe.lr)))]
-        missing = [r for r in published if r not in recorded]
-        still_needed[recipe_id] = missing[:max(0, runs_needed(recipe) - (len(published) - len(missing)))]
-    position = {run: i for i, run in enumerate(runs)}  # recipe order, then lr, then seed
-    keyed = sorted(runs, key=lambda r: (-recipe_settings(spec, r.recipe).get("priority", 0),
-                                        r not in still_needed[r.recipe], position[r]))
-    return {run: len(keyed) - rank for rank, run in enumerate(keyed)}
-
-
 # --- progress -------------------------------------------------------------------------------
 
 def _cost_class(recipe) -> str:
@@ -179,20 +153,47 @@ def progress(spec: dict, study: str, results: str | Path = "results") -> Progres
                         or lr_label(m.get("lr")) == lr_label(recipe.lr)]
         seconds = sum(core_seconds(m) for m in found if m is not None)
         missing = sum(m is None for m in found)
-        left = 0.0
-        if recipe.kind == "network" and missing:
+        one_run = 0.0  # seconds one more run costs; a baseline's or a vote's are negligible
+        if recipe.kind == "network":
             measured = [m["images_per_second"] for m in finished if m.get("images_per_second")]
             rate = statistics.median(measured) if measured else NOMINAL_RATES[_cost_class(recipe)]
-            left = missing * planned_images(recipe, spec) / rate * 1.1  # + evaluation, ~10%
+            one_run = planned_images(recipe, spec) / rate * 1.1  # + evaluation, ~10%
+        left = missing * one_run
         need = runs_needed(recipe)
         rows.append({"recipe": recipe_id, "published_id": recipe.published_id,
                      "variant": bool(recipe.variant), "planned": len(mine),
                      "finished": len(finished), "at_published_lr": len(at_published),
                      "needed": need, "enough": len(at_published) >= need,
-                     "core_hours": seconds / 3600, "core_hours_left": left / 3600})
+                     "core_hours": seconds / 3600, "core_hours_left": left / 3600,
+                     "run_hours": one_run / 3600})
         done_seconds += seconds
         left_seconds += left
     faithful = [r for r in rows if not r["variant"]]
     return Progress(sum(r["enough"] for r in faithful), len({r["published_id"] for r in faithful}),
                     sum(r["finished"] for r in rows), len(planned),
                     done_seconds / 3600, left_seconds / 3600, rows)
+
+
+def priorities(spec: dict, study: str, results: str | Path = "results") -> dict[PlannedRun, int]:
+    """The campaign's order as Snakemake job priorities (higher runs first), so that a study's
+    `snakemake ... all` gets its verdicts as early as it can: cheapest evidence first.
+
+    A recipe's `priority` setting (per_recipe; default 0) comes first: the replication study puts
+    its most expensive rows last with it. Then the runs a verdict still needs (at the published
+    learning rate, in the study's seed order, as many as finished runs are missing) before the
+    others (more seeds, other learning rates). Then the cheaper run first, at the rate its
+    recipe's records measured (or a nominal one, as `progress` estimates); then the study's order.
+    """
+    rows = {row["recipe"]: row for row in progress(spec, study, results).rows}
+    recipes = all_recipes()
+    runs = planned_runs(spec)
+    still_needed = set()
+    for recipe_id, row in rows.items():
+        recipe = recipes[recipe_id]
+        waiting = [r for r in runs if r.recipe == recipe_id and not r.path(study, results).exists()
+                   and (r.group is not None or r.lr in ("none", lr_label(recipe.lr)))]
+        still_needed.update(waiting[:max(0, row["needed"] - row["at_published_lr"])])
+    position = {run: i for i, run in enumerate(runs)}  # the study's recipe order, then lr, then seed
+    keyed = sorted(runs, key=lambda r: (-recipe_settings(spec, r.recipe).get("priority", 0),
+                                        r not in still_needed, rows[r.recipe]["run_hours"], position[r]))
+    return {run: len(keyed) - rank for rank, run in enumerate(keyed)}

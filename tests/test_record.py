@@ -93,10 +93,17 @@ def test_planned_runs_and_progress(tmp_path):
     assert fc30["core_hours_left"] == pytest.approx(5 * 1_500_000 / 25_000 * 1.1 / 3600)
 
 
-def test_priorities_train_the_runs_a_verdict_needs_first(tmp_path):
+def finished_record(study, recipe, lr, seed, results, images_per_second=1000):
+    path = run_dir(study, recipe, lr, seed, results=results) / "metrics.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"recipe": recipe, "lr": lr, "seed": seed, "status": "finished",
+                                "selected_accuracy": 99.0, "train_seconds": 3600, "eval_seconds": 0,
+                                "images_per_second": images_per_second, "environment": {"threads": 1}}))
+
+
+def test_priorities_train_the_cheapest_runs_a_verdict_needs_first(tmp_path):
     """Snakemake's job priorities follow the campaign order: a recipe's priority setting, then the
-    runs a verdict still needs (the first unrecorded seeds at the published lr), then the study's
-    recipe order."""
+    runs a verdict still needs (the first unrecorded seeds at the published lr), cheapest first."""
     spec = {"recipes": ["nielsen_ch6_dbl_conv", "nielsen_ch1_fc30", "nielsen_ch1_svm", "seed_final"],
             "seeds": [1, 2, 3, 4, 5], "lr_factors": [1],
             "per_recipe": {"nielsen_ch1_fc30": {"lr_factors": [0.333333, 1, 3], "seeds": [5, 4, 3, 2, 1]},
@@ -104,38 +111,33 @@ def test_priorities_train_the_runs_a_verdict_needs_first(tmp_path):
     p = priorities(spec, "s", tmp_path)
     order = [(r.recipe, r.lr, r.seed) for r in sorted(p, key=p.get, reverse=True)]
     assert sorted(p.values()) == list(range(1, len(planned_runs(spec)) + 1))  # distinct, one per run
-    needed = [("nielsen_ch6_dbl_conv", "0.1", s) for s in (1, 2, 3)] + [
-        ("nielsen_ch1_fc30", "3", s) for s in (5, 4, 3)] + [("nielsen_ch1_svm", "none", 1)]
-    assert order[:7] == needed  # the study's first seeds, not the smallest ones
+    # a baseline, then the dense net (minutes) before the double conv (an hour); the study's first seeds
+    needed = [("nielsen_ch1_svm", "none", 1)] + [("nielsen_ch1_fc30", "3", s) for s in (5, 4, 3)] + [
+        ("nielsen_ch6_dbl_conv", "0.1", s) for s in (1, 2, 3)]
+    assert order[:7] == needed
     rest = order[7:-3]
-    assert rest[:2] == [("nielsen_ch6_dbl_conv", "0.1", 4), ("nielsen_ch6_dbl_conv", "0.1", 5)]
-    assert {lr for recipe, lr, _ in rest[2:]} == {"1", "3", "9"} and len(rest) == 2 + 12
+    assert {lr for _, lr, _ in rest[:12]} == {"1", "3", "9"} and rest[12:] == [
+        ("nielsen_ch6_dbl_conv", "0.1", 4), ("nielsen_ch6_dbl_conv", "0.1", 5)]
     assert order[-3:] == [("seed_final", "0.03", s) for s in (1, 2, 3)]  # priority -1: last of all
-    # recorded runs count: with seeds 2 and 4 of the double conv recorded, only seed 1 is still needed
+    # finished runs count, and their rate: seeds 2 and 4 of the double conv recorded at 100,000
+    # images/s make it cheaper than the dense net at its nominal rate; only seed 1 is still needed
     for seed in (2, 4):
-        path = run_dir("s", "nielsen_ch6_dbl_conv", 0.1, seed, results=tmp_path) / "metrics.json"
-        path.parent.mkdir(parents=True)
-        path.write_text("{}")
+        finished_record("s", "nielsen_ch6_dbl_conv", 0.1, seed, tmp_path, images_per_second=100_000)
     p = priorities(spec, "s", tmp_path)
     order = [(r.recipe, r.seed) for r in sorted(p, key=p.get, reverse=True) if r.lr in ("0.1", "3")]
     assert order[:4] == [("nielsen_ch6_dbl_conv", 1), ("nielsen_ch1_fc30", 5), ("nielsen_ch1_fc30", 4),
                          ("nielsen_ch1_fc30", 3)]
-    assert order[4:7] == [("nielsen_ch6_dbl_conv", 2), ("nielsen_ch6_dbl_conv", 3), ("nielsen_ch6_dbl_conv", 4)]
 
 
 def test_progress_prints_the_rows_the_summary_and_what_comes_next(tmp_path, capsys):
     spec = {"recipes": ["nielsen_ch6_dbl_conv", "nielsen_ch1_svm"], "seeds": [1, 2, 3]}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"studies": {"s": spec}}))
-    path = run_dir("s", "nielsen_ch6_dbl_conv", 0.1, 1, results=tmp_path) / "metrics.json"
-    path.parent.mkdir(parents=True)
-    path.write_text(json.dumps({"recipe": "nielsen_ch6_dbl_conv", "lr": 0.1, "seed": 1, "status": "finished",
-                                "selected_accuracy": 99.0, "train_seconds": 3600, "eval_seconds": 0,
-                                "images_per_second": 1000, "environment": {"threads": 1}}))
+    finished_record("s", "nielsen_ch6_dbl_conv", 0.1, 1, tmp_path)
     main(["progress", "--study", "s", "--config", str(tmp_path / "config.yaml"), "--results", str(tmp_path)])
     out = capsys.readouterr().out.splitlines()
     assert out[1].split()[:2] == ["nielsen_ch6_dbl_conv", "1/3"]
-    assert out[-2] == ("next in Snakemake's order: nielsen_ch6_dbl_conv lr 0.1 seed 2, "
-                       "nielsen_ch6_dbl_conv lr 0.1 seed 3, nielsen_ch1_svm lr none seed 1")
+    assert out[-2] == ("next in Snakemake's order: nielsen_ch1_svm lr none seed 1, "
+                       "nielsen_ch6_dbl_conv lr 0.1 seed 2, nielsen_ch6_dbl_conv lr 0.1 seed 3")
     assert out[-1].startswith("s: 0/2 published numbers with enough runs; 1/4 runs finished; 1.0 core-hours done")
 
 
