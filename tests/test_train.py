@@ -53,6 +53,16 @@ def test_same_seed_gives_bit_identical_results_on_cpu(data_dir):
     assert not torch.equal(c["final_model"]["0.weight"], a["final_model"]["0.weight"])
 
 
+def test_long_epochs_print_progress_whatever_their_number_of_steps(data_dir, monkeypatch):
+    """Mid-epoch lines come by time: the tutorials' epochs have under 1,000 steps of 64 images,
+    and the wide one takes minutes per epoch."""
+    monkeypatch.setattr("mnistbench.train.PROGRESS_EVERY_S", 0.0)
+    lines = []
+    train(small("tutorial_cnn_nll", train_subset=640), seed=1, log=lines.append)
+    steps = [line.split()[3] for line in lines if " step " in line]
+    assert len(steps) > 1 and steps == [f"{k}/{len(steps)}" for k in range(1, len(steps) + 1)], lines
+
+
 def test_divergence_is_a_result(data_dir):
     result = train(small("nielsen_ch6_dbl_conv_relu", lr=1e6, epochs=3, train_subset=200), seed=1)
     assert result["status"] == "diverged"
