@@ -93,6 +93,12 @@ def planned_runs(spec: dict) -> list[PlannedRun]:
     return runs
 
 
+def at_published_lr(run: PlannedRun, recipe) -> bool:
+    """Whether a run counts towards its recipe's verdict: trained at the published learning rate
+    (a baseline has none; an ensemble votes at its members')."""
+    return run.group is not None or run.lr in ("none", lr_label(recipe.lr))
+
+
 def runs_needed(recipe) -> int:
     """Finished runs at the published learning rate a recipe's verdict needs (a baseline or an
     ensemble: one; a best-of-k number: k runs, never fewer than stats.MIN_RUNS)."""
@@ -149,8 +155,8 @@ def progress(spec: dict, study: str, results: str | Path = "results") -> Progres
         mine = [r for r in planned if r.recipe == recipe_id]
         found = [records.get(r.path(study, results).resolve()) for r in mine]
         finished = [m for m in found if m is not None and is_finished(m)]
-        at_published = [m for m in finished if m.get("lr") is None or recipe.kind != "network"
-                        or lr_label(m.get("lr")) == lr_label(recipe.lr)]
+        at_published = [m for r, m in zip(mine, found)
+                        if m is not None and is_finished(m) and at_published_lr(r, recipe)]
         seconds = sum(core_seconds(m) for m in found if m is not None)
         missing = sum(m is None for m in found)
         one_run = 0.0  # seconds one more run costs; a baseline's or a vote's are negligible
@@ -190,8 +196,8 @@ def priorities(spec: dict, study: str, results: str | Path = "results") -> dict[
     still_needed = set()
     for recipe_id, row in rows.items():
         recipe = recipes[recipe_id]
-        waiting = [r for r in runs if r.recipe == recipe_id and not r.path(study, results).exists()
-                   and (r.group is not None or r.lr in ("none", lr_label(recipe.lr)))]
+        waiting = [r for r in runs if r.recipe == recipe_id and at_published_lr(r, recipe)
+                   and not r.path(study, results).exists()]
         still_needed.update(waiting[:max(0, row["needed"] - row["at_published_lr"])])
     position = {run: i for i, run in enumerate(runs)}  # the study's recipe order, then lr, then seed
     keyed = sorted(runs, key=lambda r: (-recipe_settings(spec, r.recipe).get("priority", 0),

@@ -447,7 +447,8 @@ def test_training_jobs_carry_the_study_priorities(tmp_path, data_dir):
     write_config(tmp_path, data_dir, lr_factors=[1, 3])
     out = snakemake(tmp_path, "--dry-run").stdout
     spec = yaml.safe_load((tmp_path / "config.yaml").read_text())["studies"][STUDY]
-    expected = {str(run.path(STUDY, "results")): value for run, value in priorities(spec, STUDY, tmp_path / "results").items()}
+    expected = {str(run.path(STUDY, "results")): value
+                for run, value in priorities(spec, STUDY, tmp_path / "results").items()}
     blocks = [b for b in out.split("\nrule ") if b.startswith("train:")]
     found = {re.search(r"output: (\S+)", b).group(1): int(re.search(r"priority: (\d+)", b).group(1))
              for b in blocks}
