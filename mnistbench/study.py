@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,8 @@ from .stats import MIN_RUNS
 
 # Training images per second of one single-thread `mnistbench train` job, two side by side on
 # this project's 2-core CPU, for recipes without a finished run to measure from (progress then
-# uses the median of the recipe's own runs). Measured (docs/performance.md): the double conv
+# uses the median of the recipe's own runs, or of the runs of the same network at the same
+# batch size). Measured (docs/performance.md): the double conv
 # (benchmarks/campaign.py: 2,028 img/s for two jobs), the basic conv (the basic_conv study: 15
 # million images in 43 minutes on 2 jobs), the dense nets; the others scaled from the double
 # conv by their measured single-run speed relative to it.
@@ -122,6 +124,13 @@ def _cost_class(recipe) -> str:
     return "conv20-40"
 
 
+def _compute(recipe) -> tuple:
+    """What one training step costs: the same network at the same batch size, whatever its source,
+    data or hyperparameters (network3's and the articles' ReLU double conv: 1,780-1,850 images per
+    CPU-second each, docs/performance.md)."""
+    return recipe.arch, recipe.batch_size
+
+
 def planned_images(recipe, spec: dict) -> int:
     """Training images one run of the recipe trains in this study (epochs x images)."""
     subset = min(spec.get("train_subset", math.inf), recipe.train_subset or SPLIT_SIZE[recipe.protocol.split])
@@ -148,6 +157,11 @@ def progress(spec: dict, study: str, results: str | Path = "results") -> Progres
             records[path.resolve()] = read_record(path)
         except RecordError:
             continue  # counted as missing; `mnistbench aggregate` names the broken file
+    shared_rates = defaultdict(list)  # images/s of every finished run, by what an image costs
+    for m in records.values():
+        recipe = recipes.get(m.get("recipe"))
+        if recipe is not None and recipe.kind == "network" and is_finished(m) and m.get("images_per_second"):
+            shared_rates[_compute(recipe)].append(m["images_per_second"])
     rows, done_seconds, left_seconds = [], 0.0, 0.0
     planned = planned_runs(spec)
     for recipe_id in spec["recipes"]:
@@ -161,7 +175,8 @@ def progress(spec: dict, study: str, results: str | Path = "results") -> Progres
         missing = sum(m is None for m in found)
         one_run = 0.0  # seconds one more run costs; a baseline's or a vote's are negligible
         if recipe.kind == "network":
-            measured = [m["images_per_second"] for m in finished if m.get("images_per_second")]
+            measured = ([m["images_per_second"] for m in finished if m.get("images_per_second")]
+                        or shared_rates[_compute(recipe)])  # before its first run: its network's
             rate = statistics.median(measured) if measured else NOMINAL_RATES[_cost_class(recipe)]
             one_run = planned_images(recipe, spec) / rate * 1.1  # + evaluation, ~10%
         left = missing * one_run
@@ -187,8 +202,9 @@ def priorities(spec: dict, study: str, results: str | Path = "results") -> dict[
     A recipe's `priority` setting (per_recipe; default 0) comes first: the replication study puts
     its most expensive rows last with it. Then the runs a verdict still needs (at the published
     learning rate, in the study's seed order, as many as finished runs are missing) before the
-    others (more seeds, other learning rates). Then the cheaper run first, at the rate its
-    recipe's records measured (or a nominal one, as `progress` estimates); then the study's order.
+    others (more seeds, other learning rates). Then the cheaper run first, at the rate `progress`
+    estimates (measured by the recipe's records, else by those of the same network at the same
+    batch size, else a nominal one); then the study's order.
     """
     rows = {row["recipe"]: row for row in progress(spec, study, results).rows}
     recipes = all_recipes()

@@ -14,7 +14,7 @@ import yaml
 from mnistbench.cli import main
 from mnistbench.record import find_records, read_record, run_dir
 from mnistbench.recipes import all_recipes
-from mnistbench.study import planned_runs, priorities, progress
+from mnistbench.study import NOMINAL_RATES, planned_images, planned_runs, priorities, progress
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORD = ROOT / "results" / "replication"
@@ -99,6 +99,22 @@ def finished_record(study, recipe, lr, seed, results, images_per_second=1000):
     path.write_text(json.dumps({"recipe": recipe, "lr": lr, "seed": seed, "status": "finished",
                                 "selected_accuracy": 99.0, "train_seconds": 3600, "eval_seconds": 0,
                                 "images_per_second": images_per_second, "environment": {"threads": 1}}))
+
+
+def test_a_recipe_without_runs_is_estimated_at_its_networks_measured_rate(tmp_path):
+    """Before its first run, a recipe costs what the same network at the same batch size measured
+    (the expanded-data net is the ReLU double conv, and so are the articles' ReLU nets); the
+    sigmoid double conv, another network, keeps its nominal rate."""
+    spec = {"recipes": ["nielsen_ch6_dbl_conv_relu", "nielsen_ch6_expanded", "seed_relu", "seed_2conv"],
+            "seeds": [1, 2, 3]}
+    finished_record("s", "nielsen_ch6_dbl_conv_relu", 0.03, 1, tmp_path, images_per_second=500)
+    rows = {row["recipe"]: row for row in progress(spec, "s", tmp_path).rows}
+    assert rows["nielsen_ch6_expanded"]["run_hours"] == pytest.approx(
+        planned_images(all_recipes()["nielsen_ch6_expanded"], spec) / 500 * 1.1 / 3600)
+    assert rows["seed_relu"]["run_hours"] == pytest.approx(
+        planned_images(all_recipes()["seed_relu"], spec) / 500 * 1.1 / 3600)
+    assert rows["seed_2conv"]["run_hours"] == pytest.approx(
+        planned_images(all_recipes()["seed_2conv"], spec) / NOMINAL_RATES["conv20-40"] * 1.1 / 3600)
 
 
 def test_priorities_train_the_cheapest_runs_a_verdict_needs_first(tmp_path):
