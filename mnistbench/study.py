@@ -19,9 +19,9 @@ from .record import RecordError, core_seconds, find_records, is_finished, lr_lab
 from .stats import MIN_RUNS
 
 # Training images per second of one single-thread `mnistbench train` job, two side by side on
-# this project's 2-core CPU, for recipes without a finished run to measure from (progress then
-# uses the median of the recipe's own runs, or of the runs of the same network at the same
-# batch size). Measured (docs/performance.md): the double conv
+# this project's 2-core CPU, for networks without a finished run to measure from (progress
+# otherwise uses the median rate of every finished run of the same network at the same batch
+# size, whichever recipe it belongs to). Measured (docs/performance.md): the double conv
 # (benchmarks/campaign.py: 2,028 img/s for two jobs), the basic conv (the basic_conv study: 15
 # million images in 43 minutes on 2 jobs), the dense nets; the others scaled from the double
 # conv by their measured single-run speed relative to it.
@@ -157,11 +157,11 @@ def progress(spec: dict, study: str, results: str | Path = "results") -> Progres
             records[path.resolve()] = read_record(path)
         except RecordError:
             continue  # counted as missing; `mnistbench aggregate` names the broken file
-    shared_rates = defaultdict(list)  # images/s of every finished run, by what an image costs
+    rates = defaultdict(list)  # images/s of every finished run, by what a training step costs
     for m in records.values():
         recipe = recipes.get(m.get("recipe"))
         if recipe is not None and recipe.kind == "network" and is_finished(m) and m.get("images_per_second"):
-            shared_rates[_compute(recipe)].append(m["images_per_second"])
+            rates[_compute(recipe)].append(m["images_per_second"])
     rows, done_seconds, left_seconds = [], 0.0, 0.0
     planned = planned_runs(spec)
     for recipe_id in spec["recipes"]:
@@ -175,8 +175,7 @@ def progress(spec: dict, study: str, results: str | Path = "results") -> Progres
         missing = sum(m is None for m in found)
         one_run = 0.0  # seconds one more run costs; a baseline's or a vote's are negligible
         if recipe.kind == "network":
-            measured = ([m["images_per_second"] for m in finished if m.get("images_per_second")]
-                        or shared_rates[_compute(recipe)])  # before its first run: its network's
+            measured = rates[_compute(recipe)]  # its network's runs: one rate for the same cost
             rate = statistics.median(measured) if measured else NOMINAL_RATES[_cost_class(recipe)]
             one_run = planned_images(recipe, spec) / rate * 1.1  # + evaluation, ~10%
         left = missing * one_run
@@ -203,8 +202,8 @@ def priorities(spec: dict, study: str, results: str | Path = "results") -> dict[
     its most expensive rows last with it. Then the runs a verdict still needs (at the published
     learning rate, in the study's seed order, as many as finished runs are missing) before the
     others (more seeds, other learning rates). Then the cheaper run first, at the rate `progress`
-    estimates (measured by the recipe's records, else by those of the same network at the same
-    batch size, else a nominal one); then the study's order.
+    estimates (the median rate of the runs of the same network at the same batch size, else a
+    nominal one); then the study's order.
     """
     rows = {row["recipe"]: row for row in progress(spec, study, results).rows}
     recipes = all_recipes()
