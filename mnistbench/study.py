@@ -15,7 +15,8 @@ from pathlib import Path
 
 from .ensemble import SIZE as ENSEMBLE_SIZE
 from .recipes import SPLIT_SIZE, all_recipes, planned_train_images
-from .record import RecordError, core_seconds, find_records, is_finished, lr_label, read_record, run_dir
+from .record import (CHECKPOINT_FILE, RecordError, core_seconds, find_records, is_finished, lr_label,
+                     read_record, run_dir)
 from .stats import MIN_RUNS
 
 # Training images per second of one single-thread `mnistbench train` job, two side by side on
@@ -199,7 +200,9 @@ def priorities(spec: dict, study: str, results: str | Path = "results") -> dict[
     `snakemake ... all` gets its verdicts as early as it can: cheapest evidence first.
 
     A recipe's `priority` setting (per_recipe; default 0) comes first: the replication study puts
-    its most expensive rows last with it. Then the runs a verdict still needs (at the published
+    its most expensive rows last with it. Then the runs a stopped campaign left half trained (a
+    checkpoint in their folder), so a restart finishes them before it starts others and a lost
+    machine costs as few epochs as it can. Then the runs a verdict still needs (at the published
     learning rate, in the study's seed order, as many as finished runs are missing) before the
     others (more seeds, other learning rates). Then the cheaper run first, at the rate `progress`
     estimates (the median rate of the runs of the same network at the same batch size, else a
@@ -214,7 +217,8 @@ def priorities(spec: dict, study: str, results: str | Path = "results") -> dict[
         waiting = [r for r in runs if r.recipe == recipe_id and at_published_lr(r, recipe)
                    and not r.path(study, results).exists()]
         still_needed.update(waiting[:max(0, row["needed"] - row["at_published_lr"])])
+    resuming = {r for r in runs if (r.path(study, results).parent / CHECKPOINT_FILE).exists()}
     position = {run: i for i, run in enumerate(runs)}  # the study's recipe order, then lr, then seed
-    keyed = sorted(runs, key=lambda r: (-recipe_settings(spec, r.recipe).get("priority", 0),
+    keyed = sorted(runs, key=lambda r: (-recipe_settings(spec, r.recipe).get("priority", 0), r not in resuming,
                                         r not in still_needed, rows[r.recipe]["run_hours"], position[r]))
     return {run: len(keyed) - rank for rank, run in enumerate(keyed)}

@@ -145,6 +145,17 @@ def test_priorities_train_the_cheapest_runs_a_verdict_needs_first(tmp_path):
     order = [(r.recipe, r.seed) for r in sorted(p, key=p.get, reverse=True) if r.lr in ("0.1", "3")]
     assert order[:4] == [("nielsen_ch6_dbl_conv", 1), ("nielsen_ch1_fc30", 5), ("nielsen_ch1_fc30", 4),
                          ("nielsen_ch1_fc30", 3)]
+    # a run that a stopped campaign left half trained (its checkpoint) resumes first, within its
+    # recipe's priority setting
+    for recipe_id, lr, seed in [("nielsen_ch1_fc30", 9.0, 1), ("seed_final", 0.03, 2)]:
+        folder = run_dir("s", recipe_id, lr, seed, results=tmp_path)
+        folder.mkdir(parents=True)
+        (folder / "checkpoint.pt").write_bytes(b"")
+    p = priorities(spec, "s", tmp_path)
+    order = [(r.recipe, r.lr, r.seed) for r in sorted(p, key=p.get, reverse=True)]
+    assert order[:3] == [("nielsen_ch1_fc30", "9", 1), ("nielsen_ch1_svm", "none", 1),
+                         ("nielsen_ch6_dbl_conv", "0.1", 1)]
+    assert order[-3:] == [("seed_final", "0.03", s) for s in (2, 1, 3)]
 
 
 def test_progress_prints_the_rows_the_summary_and_what_comes_next(tmp_path, capsys):
