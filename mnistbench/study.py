@@ -22,16 +22,17 @@ from .stats import MIN_RUNS
 # Training images per second of one single-thread `mnistbench train` job, two side by side on
 # this project's 2-core CPU, for networks without a finished run to measure from (progress
 # otherwise uses the median rate of every finished run of the same network at the same batch
-# size, whichever recipe it belongs to). Measured (docs/performance.md): the double conv
-# (benchmarks/campaign.py: 2,028 img/s for two jobs), the basic conv (the basic_conv study: 15
-# million images in 43 minutes on 2 jobs), the dense nets; the others scaled from the double
-# conv by their measured single-run speed relative to it.
+# size, whichever recipe it belongs to). Measured (docs/performance.md): the double conv's runs
+# in the record (median 1,764 img/s), the basic conv, the dense nets, the tutorial nets; the
+# networks without runs are the double conv's rate times their cost relative to it, measured in
+# CPU time by benchmarks/step_cost.py (fc300 / double fc100 / double fc300: 0.79-0.95; one fc1000
+# layer: 0.63; two fc1000 layers, with or without dropout: 0.38-0.43).
 NOMINAL_RATES = {
     "dense": 15_000,  # fully connected nets
     "conv20": 2_900,  # one conv layer
-    "conv20-40": 1_000,  # two conv layers, fc100..fc300
-    "conv20-40-fc1000": 700,
-    "conv20-40-fc1000x2": 400,  # the dropout nets and double fc1000
+    "conv20-40": 1_500,  # two conv layers, fc100..fc300 (0.87 x 1,764)
+    "conv20-40-fc1000": 1_100,  # 0.63 x 1,764
+    "conv20-40-fc1000x2": 700,  # the dropout nets and double fc1000 (0.40 x 1,764)
     "wide": 80,  # tutorial_cnn_wide
     "tutorial": 5_000,
 }
@@ -149,6 +150,18 @@ class Progress:
     rows: list[dict]  # one per recipe of the study
 
 
+def measured_rates(records) -> dict[tuple, list[float]]:
+    """The images/s of every finished network run among these records, by what a training step
+    costs (`_compute`)."""
+    recipes = all_recipes()
+    rates = defaultdict(list)
+    for m in records:
+        recipe = recipes.get(m.get("recipe"))
+        if recipe is not None and recipe.kind == "network" and is_finished(m) and m.get("images_per_second"):
+            rates[_compute(recipe)].append(m["images_per_second"])
+    return rates
+
+
 def progress(spec: dict, study: str, results: str | Path = "results") -> Progress:
     """What a study's record holds and what is left, recipe by recipe."""
     recipes = all_recipes()
@@ -158,11 +171,7 @@ def progress(spec: dict, study: str, results: str | Path = "results") -> Progres
             records[path.resolve()] = read_record(path)
         except RecordError:
             continue  # counted as missing; `mnistbench aggregate` names the broken file
-    rates = defaultdict(list)  # images/s of every finished run, by what a training step costs
-    for m in records.values():
-        recipe = recipes.get(m.get("recipe"))
-        if recipe is not None and recipe.kind == "network" and is_finished(m) and m.get("images_per_second"):
-            rates[_compute(recipe)].append(m["images_per_second"])
+    rates = measured_rates(records.values())
     rows, done_seconds, left_seconds = [], 0.0, 0.0
     planned = planned_runs(spec)
     for recipe_id in spec["recipes"]:
