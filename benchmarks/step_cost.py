@@ -62,6 +62,10 @@ def main() -> None:
 
     recipes = all_recipes()
     chosen = opts.recipes or yaml.safe_load(Path(opts.config).read_text())["studies"][opts.study]["recipes"]
+    unknown = [r for r in [opts.reference, *chosen] if r not in recipes]
+    if unknown or recipes[opts.reference].kind != "network":
+        parser.error(f"unknown recipes {unknown} (see 'mnistbench recipes')" if unknown
+                     else f"--reference {opts.reference} is not a network")
     networks: dict = {}  # network -> the recipes that share it, in study order
     recorded = measured_rates(read_record(path) for path in find_records(Path("results", opts.study)))
     for recipe_id in dict.fromkeys([opts.reference, *chosen]):
@@ -95,6 +99,7 @@ def main() -> None:
         name = ids[0] + (f" (+{len(ids) - 1})" if len(ids) > 1 else "")
         print(f"{name:<45} {recipe.batch_size:>5} {statistics.median(rates[network]):>9,.0f} "
               f"{statistics.median(ratios[network]):>7.2f} {uses:>22}")
+
 
 if __name__ == "__main__":
     main()
