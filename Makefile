@@ -28,7 +28,7 @@ run: setup
 	@echo "Replication report: $(abspath reports/$(STUDY)/index.html)"
 
 test: setup
-	$(BIN)/python -m pytest -ra --durations=15  # the slowest tests: CI allows 30 minutes in all
+	$(BIN)/python -m pytest -n auto --dist loadfile -ra --durations=15  # a worker per core; a file stays on one worker (its module fixtures train once); CI allows 30 minutes
 
 clean:
 	rm -rf results reports logs .snakemake

@@ -14,6 +14,17 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_RAW = ROOT.parent / "shared" / "data" / "mnist" / "MNIST" / "raw"
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (`make test` runs `-n auto`, a worker per core), each worker gets its
+    share of torch's threads: with torch's default of a thread per core in every worker, two
+    workers on two cores would each spin on both."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, torch.get_num_threads() // workers))
+
+
 def _has_mnist(root: Path) -> bool:
     return all((root / "MNIST" / "raw" / name).exists() for name in MNIST_FILES)
 
