@@ -151,14 +151,16 @@ class Progress:
 
 
 def measured_rates(records) -> dict[tuple, list[float]]:
-    """The images/s of every finished network run among these records, by what a training step
-    costs (`_compute`)."""
+    """The images per core-second of every finished network run among these records (its images/s
+    over its torch threads, so that a two-thread run costs its two cores), by what a training
+    step costs (`_compute`)."""
     recipes = all_recipes()
     rates = defaultdict(list)
     for m in records:
         recipe = recipes.get(m.get("recipe"))
         if recipe is not None and recipe.kind == "network" and is_finished(m) and m.get("images_per_second"):
-            rates[_compute(recipe)].append(m["images_per_second"])
+            threads = (m.get("environment") or {}).get("threads") or 1
+            rates[_compute(recipe)].append(m["images_per_second"] / threads)
     return rates
 
 

@@ -93,12 +93,12 @@ def test_planned_runs_and_progress(tmp_path):
     assert fc30["core_hours_left"] == pytest.approx(5 * 1_500_000 / 25_000 * 1.1 / 3600)
 
 
-def finished_record(study, recipe, lr, seed, results, images_per_second=1000):
+def finished_record(study, recipe, lr, seed, results, images_per_second=1000, threads=1):
     path = run_dir(study, recipe, lr, seed, results=results) / "metrics.json"
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({"recipe": recipe, "lr": lr, "seed": seed, "status": "finished",
                                 "selected_accuracy": 99.0, "train_seconds": 3600, "eval_seconds": 0,
-                                "images_per_second": images_per_second, "environment": {"threads": 1}}))
+                                "images_per_second": images_per_second, "environment": {"threads": threads}}))
 
 
 def test_a_run_is_estimated_at_the_rate_its_network_measured(tmp_path):
@@ -117,6 +117,17 @@ def test_a_run_is_estimated_at_the_rate_its_network_measured(tmp_path):
             planned_images(all_recipes()[recipe_id], spec) / 1000 * 1.1 / 3600)
     assert rows["seed_2conv"]["run_hours"] == pytest.approx(
         planned_images(all_recipes()["seed_2conv"], spec) / NOMINAL_RATES["conv20-40"] * 1.1 / 3600)
+
+
+def test_a_run_with_more_threads_costs_its_cores(tmp_path):
+    """A two-thread run (a study's per_recipe threads) trains faster but holds two cores: progress
+    counts images per core-second, so its core-hours done and left are both per core."""
+    spec = {"recipes": ["nielsen_ch6_dropout"], "seeds": [1, 2]}
+    finished_record("s", "nielsen_ch6_dropout", 0.03, 1, tmp_path, images_per_second=1000, threads=2)
+    row = progress(spec, "s", tmp_path).rows[0]
+    assert row["core_hours"] == pytest.approx(2.0)  # 3,600 s on two threads
+    assert row["run_hours"] == pytest.approx(
+        planned_images(all_recipes()["nielsen_ch6_dropout"], spec) / 500 * 1.1 / 3600)
 
 
 def test_priorities_train_the_cheapest_runs_a_verdict_needs_first(tmp_path):

@@ -455,6 +455,31 @@ def test_training_jobs_carry_the_study_priorities(tmp_path, data_dir):
     assert found == expected and len(set(found.values())) == len(found), out
 
 
+def test_command_line_booleans_are_booleans(tmp_path, data_dir):
+    """`--config mlflow=false` reaches Snakemake as the string "false"; the workflow reads it as
+    the boolean it means (and a word that is not one still fails the schema)."""
+    write_config(tmp_path, data_dir)
+    for value, logged in [("true", True), ("false", False)]:
+        out = snakemake(tmp_path, "--dry-run", "--printshellcmds", "--config", f"mlflow={value}").stdout
+        commands = [line for line in out.splitlines() if " -m mnistbench train " in line]
+        assert commands and all((" --mlflow " in c) == logged for c in commands), out
+    bad = snakemake(tmp_path, "--dry-run", "--config", "mlflow=no", check=False)
+    assert bad.returncode != 0 and "config: mlflow: 'no' is not of type 'boolean'" in bad.stdout + bad.stderr, bad
+
+
+@pytest.mark.parametrize("batch_runs", ["false", "true"])
+def test_a_recipes_threads_setting_gives_its_jobs_that_many_threads(tmp_path, data_dir, batch_runs):
+    """per_recipe threads: that recipe's training jobs claim that many Snakemake threads (Slurm's
+    cpus_per_task) and train with as many torch threads; the other recipes keep threads_per_job."""
+    write_config(tmp_path, data_dir, per_recipe={RECIPES[0]: {"threads": 2}})
+    out = snakemake(tmp_path, "--dry-run", "--printshellcmds", "--config", f"batch_runs={batch_runs}").stdout
+    blocks = [b for b in out.split("\nrule ") if b.startswith(("train:", "train_batch_"))]
+    assert len(blocks) == (len(RECIPES) if batch_runs == "true" else len(RECIPES) * len(SEEDS)), out
+    for block in blocks:
+        threads = 2 if f"--recipe {RECIPES[0]} " in block else 1
+        assert f"--threads {threads} " in block and ((f"threads: {threads}" in block) == (threads > 1)), block
+
+
 @pytest.mark.parametrize("device, batch_runs, gpus", [("cuda", "true", 1), ("cuda", "false", 1), ("cpu", "true", 0)])
 def test_training_jobs_ask_for_one_gpu_when_they_train_on_one(tmp_path, data_dir, device, batch_runs, gpus):
     """gpus_per_job: auto. With --resources gpu=N Snakemake then runs N GPU jobs at a time."""

@@ -30,6 +30,9 @@ def validate_config():
     """
     from jsonschema import ValidationError
 
+    for key in ("mlflow", "mlflow_server"):  # `--config mlflow=false` arrives as the string "false"
+        if config.get(key) in ("true", "false"):
+            config[key] = config[key] == "true"
     try:
         validate(config, "../schemas/config.schema.yaml")
     except WorkflowError as err:
@@ -151,6 +154,12 @@ def run_options(study_name, recipe_id):
 
 
 @functools.cache
+def job_threads(study, recipe_id):
+    """Torch threads of one training job (its Snakemake threads): the recipe's `threads` in the
+    study's per_recipe settings, else threads_per_job."""
+    return mnistbench.study.recipe_settings(study_config(study), recipe_id).get("threads", config["threads_per_job"])
+
+
 def study_priorities(study):
     return mnistbench.study.priorities(study_config(study), study, RESULTS)
 

@@ -42,7 +42,7 @@ rule train:
         # derived from the output path, which holds the lr ("none" for the baselines)
         lr=lambda wildcards, output: "" if run_of(output[0])[1] == "none" else f"--lr {run_of(output[0])[1]}",
         out=lambda wildcards, output: Path(output[0]).parent,
-    threads: config["threads_per_job"]
+    threads: lambda wildcards: job_threads(wildcards.study, wildcards.recipe)
     priority: run_priority
     resources:
         **TRAINING_RESOURCES,
@@ -74,7 +74,7 @@ for _recipe in BATCHED_RECIPES:
             # filled in by mnistbench, so a function: Snakemake would expand a plain string
             out_pattern=lambda wildcards, output: str(
                 run_dir(parse_run_path(output[0])["study"], run_of(output[0])[0], "{lr}", "{seed}", results=RESULTS)),
-        threads: config["threads_per_job"]
+        threads: job_threads(STUDY, _recipe)
         resources:
             **TRAINING_RESOURCES,
         shell:
