@@ -181,6 +181,10 @@ def judge_recipes(runs: pd.DataFrame, summary: pd.DataFrame, metrics: dict[int, 
             reason = f"no runs at the published learning rate {line_lr(lines)}"
         elif judgement.verdict == "not enough runs" and isinstance(line.get("note"), str):
             reason = f"{reason}; {line['note']}"
+        if recipe.variant and judgement.verdict in ("above", "below") and not reason:
+            # a variant measures another reading of the source: missing the number is its finding
+            reason = f"trained under another reading than the source's ({recipe.variant}); " \
+                     f"`{recipe.published_id}` is the faithful recipe"
         if recipe.kind == "baseline" and judgement.verdict in ("above", "below") and not reason:
             images = round(abs(mean - published) * 100)  # the 10,000 test images, in percent
             reason = f"{images} test image{'s' if images != 1 else ''} apart"

@@ -242,3 +242,16 @@ def test_readme_findings_are_generated_from_the_record():
     readme = (ROOT / "README.md").read_text()
     block = readme.split(FINDINGS_START, 1)[1].split(FINDINGS_END, 1)[0].strip()
     assert block == findings_table(RECORD).strip(), "run `mnistbench findings` and commit README.md"
+
+
+def test_a_variant_that_misses_its_number_says_which_reading_it_trained():
+    """A variant (another reading of a source) whose verdict is above or below gives that reading
+    and names the faithful recipe as its reason, in the record's own verdicts."""
+    from mnistbench.report import judge_recipes, load_metrics, load_tables
+
+    runs, summary = load_tables(RECORD)
+    rows = judge_recipes(runs, summary, load_metrics(runs, RECORD), pipeline_check=False)
+    missed = [r for r in rows if r["variant"] and r["verdict"] in ("above", "below")]
+    assert missed, "the record has no variant that misses its number: choose another check"
+    for row in missed:
+        assert row["variant"] in row["reason"] and f"`{row['published_id']}`" in row["reason"], row
