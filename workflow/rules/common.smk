@@ -153,13 +153,13 @@ def run_options(study_name, recipe_id):
     return " ".join(map(str, options))
 
 
-@functools.cache
 def job_threads(study, recipe_id):
     """Torch threads of one training job (its Snakemake threads): the recipe's `threads` in the
     study's per_recipe settings, else threads_per_job."""
     return mnistbench.study.recipe_settings(study_config(study), recipe_id).get("threads", config["threads_per_job"])
 
 
+@functools.cache
 def study_priorities(study):
     return mnistbench.study.priorities(study_config(study), study, RESULTS)
 
