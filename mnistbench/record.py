@@ -91,10 +91,15 @@ def is_finished(record: dict) -> bool:
     return record.get("status") == "finished" and record.get("selected_accuracy") is not None
 
 
+def run_threads(record: dict) -> int:
+    """The torch threads a run trained with (1 for records that do not say)."""
+    return (record.get("environment") or {}).get("threads") or 1
+
+
 def core_seconds(record: dict) -> float:
     """CPU-core seconds a run cost: its training and evaluation time times its torch threads."""
     seconds = (record.get("train_seconds") or 0.0) + (record.get("eval_seconds") or 0.0)
-    return seconds * ((record.get("environment") or {}).get("threads") or 1)
+    return seconds * run_threads(record)
 
 
 def git(*args: str) -> str | None:

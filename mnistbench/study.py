@@ -16,7 +16,7 @@ from pathlib import Path
 from .ensemble import SIZE as ENSEMBLE_SIZE
 from .recipes import SPLIT_SIZE, all_recipes, planned_train_images
 from .record import (CHECKPOINT_FILE, RecordError, core_seconds, find_records, is_finished, lr_label,
-                     read_record, run_dir)
+                     read_record, run_dir, run_threads)
 from .stats import MIN_RUNS
 
 # Training images per second of one single-thread `mnistbench train` job, two side by side on
@@ -159,8 +159,7 @@ def measured_rates(records) -> dict[tuple, list[float]]:
     for m in records:
         recipe = recipes.get(m.get("recipe"))
         if recipe is not None and recipe.kind == "network" and is_finished(m) and m.get("images_per_second"):
-            threads = (m.get("environment") or {}).get("threads") or 1
-            rates[_compute(recipe)].append(m["images_per_second"] / threads)
+            rates[_compute(recipe)].append(m["images_per_second"] / run_threads(m))
     return rates
 
 
