@@ -251,7 +251,10 @@ def cpu_kind() -> str:
     except OSError:
         pass
     family = " ".join(f"{k} {v}" for k, v in fields.items()) or platform.machine()
-    return f"{family}, {torch.backends.cpu.get_cpu_capability()}"
+    # oneDNN and MKL pick their own instruction sets; these variables cap them (docs/replication.md).
+    caps = [f"{k}={os.environ[k]}" for k in ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+            if os.environ.get(k)]
+    return ", ".join([family, torch.backends.cpu.get_cpu_capability(), *caps])
 
 
 def environment(device: torch.device) -> dict:

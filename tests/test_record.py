@@ -42,6 +42,18 @@ def test_audit_of_an_untouched_record_is_bit_identical(recorded_run, data_dir):
     assert "bit-identical over 3 epoch(s)" in done.stdout
 
 
+def test_a_record_names_the_kind_of_cpu_beyond_its_marketing_name(recorded_run, monkeypatch):
+    """Which kernels ran decides bit-identity: family and model numbers, torch's dispatch ISA,
+    and any cap put on oneDNN's or MKL's own choice."""
+    import torch
+    from mnistbench.train import cpu_kind
+
+    kind = read_record(recorded_run)["environment"]["cpu_kind"]
+    assert kind == cpu_kind() and kind.endswith(torch.backends.cpu.get_cpu_capability())
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert cpu_kind() == f"{kind}, ONEDNN_MAX_CPU_ISA=AVX2"
+
+
 def test_audit_finds_a_changed_number(recorded_run, tmp_path, data_dir):
     record = read_record(recorded_run)
     record["history"][1]["train_loss"] += 1e-6  # one loss of one epoch, a millionth off
