@@ -40,7 +40,8 @@ class Audit:
 
 
 def _machine(environment: dict) -> str:
-    return f"{environment.get('cpu_model') or environment.get('device_name')}, torch {environment.get('torch')}"
+    kind = f" ({environment['cpu_kind']})" if environment.get("cpu_kind") else ""
+    return f"{environment.get('cpu_model') or environment.get('device_name')}{kind}, torch {environment.get('torch')}"
 
 
 def compare(record: dict, again: dict, epochs: int) -> dict[str, float]:

@@ -238,6 +238,25 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_kind() -> str:
+    """What decides which floating-point kernels run on this CPU: its vendor family and model
+    numbers and the instruction set torch dispatches to. Virtual machines often name every
+    AMD EPYC just "AMD EPYC", while a Zen 3 (AVX2) and a Zen 4 (AVX-512) add in other orders."""
+    fields = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("vendor_id", "cpu family", "model") and key.strip() not in fields:
+                fields[key.strip()] = value.strip()
+    except OSError:
+        pass
+    family = " ".join(f"{k} {v}" for k, v in fields.items()) or platform.machine()
+    # oneDNN and MKL pick their own instruction sets; these variables cap them (docs/replication.md).
+    caps = [f"{k}={os.environ[k]}" for k in ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+            if os.environ.get(k)]
+    return ", ".join([family, torch.backends.cpu.get_cpu_capability(), *caps])
+
+
 def environment(device: torch.device) -> dict:
     import torchvision
 
@@ -247,6 +266,7 @@ def environment(device: torch.device) -> dict:
         "mnistbench": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
         "python": platform.python_version(), "platform": platform.platform(),
         "host": socket.gethostname(), "device": str(device), "cpu_model": cpu_model(),
+        "cpu_kind": cpu_kind(),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
         "threads": torch.get_num_threads(), "git_commit": git("rev-parse", "HEAD") or None,
         "git_dirty": None if changes is None else bool(changes),

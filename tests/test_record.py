@@ -42,6 +42,18 @@ def test_audit_of_an_untouched_record_is_bit_identical(recorded_run, data_dir):
     assert "bit-identical over 3 epoch(s)" in done.stdout
 
 
+def test_a_record_names_the_kind_of_cpu_beyond_its_marketing_name(recorded_run, monkeypatch):
+    """Which kernels ran decides bit-identity: family and model numbers, torch's dispatch ISA,
+    and any cap put on oneDNN's or MKL's own choice."""
+    import torch
+    from mnistbench.train import cpu_kind
+
+    kind = read_record(recorded_run)["environment"]["cpu_kind"]
+    assert kind == cpu_kind() and kind.endswith(torch.backends.cpu.get_cpu_capability())
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert cpu_kind() == f"{kind}, ONEDNN_MAX_CPU_ISA=AVX2"
+
+
 def test_audit_finds_a_changed_number(recorded_run, tmp_path, data_dir):
     record = read_record(recorded_run)
     record["history"][1]["train_loss"] += 1e-6  # one loss of one epoch, a millionth off
@@ -221,11 +233,14 @@ def test_a_recorded_run_of_each_protocol_family_audits(code, data_dir):
     done = mnistbench("audit", "--epochs", "1", "--quiet", "--data-dir", str(data_dir), str(path))
     print(done.stdout)
     record = read_record(path)
-    from mnistbench.train import cpu_model
+    from mnistbench.train import cpu_kind, cpu_model
     import torch
 
-    same_machine = ((record["environment"].get("cpu_model"), record["environment"].get("torch"))
-                    == (cpu_model(), torch.__version__))
+    # The marketing name alone is not the kind of CPU: a VM calls Zen 3 and Zen 4 both "AMD EPYC".
+    # A record made before cpu_kind was recorded cannot promise bit-identity anywhere.
+    env = record["environment"]
+    same_machine = ("cpu_kind" in env and (env.get("cpu_model"), env["cpu_kind"], env.get("torch"))
+                    == (cpu_model(), cpu_kind(), torch.__version__))
     if same_machine:
         assert done.returncode == 0 and "bit-identical" in done.stdout, done.stdout + done.stderr
     else:  # another CPU adds in another order: only rounding may differ
