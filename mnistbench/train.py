@@ -227,30 +227,30 @@ def select(history: list[dict], rule: str, split: str = "test") -> tuple[float |
     return chosen["test_accuracy"], chosen["epoch"]
 
 
-def cpu_model() -> str:
-    """The CPU's marketing name ("AMD EPYC 7B13"), which platform.processor() leaves empty on Linux."""
+def _cpuinfo() -> dict[str, str]:
+    """The first CPU's fields in /proc/cpuinfo (empty off Linux)."""
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return fields
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name ("AMD EPYC 7B13"), which platform.processor() leaves empty on Linux."""
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
 
 
 def cpu_kind() -> str:
     """What decides which floating-point kernels run on this CPU: its vendor family and model
     numbers and the instruction set torch dispatches to. Virtual machines often name every
     AMD EPYC just "AMD EPYC", while a Zen 3 (AVX2) and a Zen 4 (AVX-512) add in other orders."""
-    fields = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() in ("vendor_id", "cpu family", "model") and key.strip() not in fields:
-                fields[key.strip()] = value.strip()
-    except OSError:
-        pass
-    family = " ".join(f"{k} {v}" for k, v in fields.items()) or platform.machine()
+    info = _cpuinfo()
+    family = " ".join(f"{k} {info[k]}" for k in ("vendor_id", "cpu family", "model") if k in info)
+    family = family or platform.machine()
     # oneDNN and MKL pick their own instruction sets; these variables cap them (docs/replication.md).
     caps = [f"{k}={os.environ[k]}" for k in ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
             if os.environ.get(k)]
