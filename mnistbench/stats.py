@@ -40,6 +40,13 @@ VERDICTS = {
 }
 
 
+def runs_needed(k: int = 1, deterministic: bool = False) -> int:
+    """Finished runs a verdict needs: one for a method without randomness (a baseline), else
+    MIN_RUNS, or k for the best of k. An ensemble group is one run: its verdict needs three
+    groups. `mnistbench progress` counts a published number as done by this same rule."""
+    return 1 if deterministic else max(MIN_RUNS, k)
+
+
 def t_quantile(n: int, level: float = LEVEL) -> float:
     """The two-sided t quantile for n runs (n - 1 degrees of freedom)."""
     return float(stats.t.ppf(0.5 + level / 2, n - 1))
@@ -162,12 +169,13 @@ def judge(published: float | None, mean: float, sd: float, n: int, *, k: int = 1
         return Judgement("pipeline check", reason="pipeline check, not a replication")
     if settings_changed:
         return Judgement("settings changed", reason=settings_changed)
-    if deterministic and n >= 1:
-        low = high = mean
-    elif n < max(MIN_RUNS, k):
-        need = f"a verdict needs {MIN_RUNS}" if k <= MIN_RUNS else f"the best of {k} needs {k}"
+    need = runs_needed(k, deterministic)
+    if n < need:
+        needs = f"the best of {k} needs {k}" if k > MIN_RUNS else f"a verdict needs {need}"
         return Judgement("not enough runs", k=k,
-                         reason=f"{n} finished run{'s' if n != 1 else ''}; {need}")
+                         reason=f"{n} finished run{'s' if n != 1 else ''}; {needs}")
+    if deterministic:
+        low = high = mean
     elif k == 1:
         low, high = clip_percent(prediction_interval(mean, sd, n))
     else:

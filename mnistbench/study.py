@@ -17,7 +17,7 @@ from .ensemble import SIZE as ENSEMBLE_SIZE
 from .recipes import SPLIT_SIZE, all_recipes, planned_train_images
 from .record import (CHECKPOINT_FILE, RecordError, core_seconds, find_records, is_finished, lr_label,
                      read_record, run_dir, run_threads)
-from .stats import MIN_RUNS
+from . import stats
 
 # Training images per second of one single-thread `mnistbench train` job, two side by side on
 # this project's 2-core CPU, for networks without a finished run to measure from (progress
@@ -104,9 +104,10 @@ def at_published_lr(run: PlannedRun, recipe) -> bool:
 
 
 def runs_needed(recipe) -> int:
-    """Finished runs at the published learning rate a recipe's verdict needs (a baseline or an
-    ensemble: one; a best-of-k number: k runs, never fewer than stats.MIN_RUNS)."""
-    return 1 if recipe.kind in ("baseline", "ensemble") else max(MIN_RUNS, recipe.best_of)
+    """Finished runs (ensemble groups) at the published learning rate a recipe's verdict needs:
+    the report's rule (stats.runs_needed), so progress never counts a number the report cannot
+    judge."""
+    return stats.runs_needed(recipe.best_of, deterministic=recipe.kind == "baseline")
 
 
 # --- progress -------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from mnistbench.cli import main
 from mnistbench.record import find_records, read_record, run_dir
 from mnistbench.recipes import all_recipes
 from mnistbench.study import NOMINAL_RATES, planned_images, planned_runs, priorities, progress
+from mnistbench.stats import judge
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORD = ROOT / "results" / "replication"
@@ -179,6 +180,22 @@ def test_priorities_train_the_cheapest_runs_a_verdict_needs_first(tmp_path):
     assert order[:3] == [("nielsen_ch1_fc30", "9", 1), ("nielsen_ch1_svm", "none", 1),
                          ("nielsen_ch6_dbl_conv", "0.1", 1)]
     assert order[-3:] == [("seed_final", "0.03", s) for s in (2, 1, 3)]
+
+
+def test_progress_counts_a_number_done_exactly_when_the_report_can_judge_it(tmp_path):
+    """One rule for "enough runs" (stats.runs_needed): one ensemble group is one vote, one number
+    and no spread, so progress must not count the ensemble as done while the report says "not
+    enough runs"; three groups make it judgeable."""
+    spec = {"recipes": ["nielsen_ch6_ensemble"], "seeds": list(range(1, 16))}
+    for group in (1, 2):
+        path = run_dir("s", "nielsen_ch6_ensemble", 0.03, group=group, results=tmp_path) / "metrics.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"recipe": "nielsen_ch6_ensemble", "lr": 0.03, "group": group,
+                                    "status": "finished", "selected_accuracy": 99.6}))
+        row = progress(spec, "s", tmp_path).rows[0]
+        judgement = judge(99.67, 99.6, 0.02, row["at_published_lr"], deterministic=False)
+        assert row["enough"] == (judgement.verdict != "not enough runs") == (group == 3)
+    assert row["needed"] == 3 and "a verdict needs 3" in judgement.reason
 
 
 def test_progress_prints_the_rows_the_summary_and_what_comes_next(tmp_path, capsys):
