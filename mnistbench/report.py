@@ -19,6 +19,7 @@ import math
 import os
 import platform
 import shutil
+import statistics
 import struct
 from importlib import metadata
 from pathlib import Path
@@ -146,6 +147,34 @@ def unlearned_note(runs: pd.DataFrame) -> str | None:
             f"{UNLEARNED_RECALL:g}%): {detail}")
 
 
+def reached_note(records: list[dict], published_text: str, printed_low: float) -> str | None:
+    """For a published number above the runs: how many runs' test accuracy touched it (the
+    lowest value its printed digits stand for) at some epoch. Runs that touched it say the gap
+    is which epoch or run the rule selects; runs that never did say the nets fall short."""
+    peaks = [max(tests) for m in records
+             if (tests := [e["test_accuracy"] for e in m.get("history") or []
+                           if e.get("test_accuracy") is not None])]
+    if not peaks:
+        return None
+    reached = sum(peak >= printed_low for peak in peaks)
+    return (f"{reached} of {len(peaks)} runs reached {published_text}% at some epoch "
+            f"(peak test accuracy {max(peaks):.2f}%)")
+
+
+def vote_note(records: list[dict]) -> str | None:
+    """What voting added: the vote against the mean of its members' final-epoch accuracies."""
+    gains = []
+    for m in records:
+        members = [x["final_test_accuracy"] for x in m.get("members") or []
+                   if x.get("final_test_accuracy") is not None]
+        if members and m.get("selected_accuracy") is not None:
+            gains.append((statistics.mean(members), m["selected_accuracy"] - statistics.mean(members)))
+    if not gains:
+        return None
+    return "; ".join(f"members' final epochs average {mean:.2f}%, the vote adds {gain:+.2f} point"
+                     for mean, gain in gains)
+
+
 def judge_recipes(runs: pd.DataFrame, summary: pd.DataFrame, metrics: dict[int, dict],
                   pipeline_check: bool) -> list[dict]:
     """One row per recipe of the study (one per published number), from its runs at the
@@ -169,10 +198,11 @@ def judge_recipes(runs: pd.DataFrame, summary: pd.DataFrame, metrics: dict[int, 
         finished = finished[(finished["status"] == "finished") & finished["selected_accuracy"].notna()]
         chooser = finished["selected_val_accuracy" if recipe.best_chosen_by == "validation"
                            else "selected_accuracy"].tolist()
+        printed = (stats.printed_range(published_row["published_accuracy_pct"], recipe.printed_as)
+                   if published is not None else None)
         judgement = stats.judge(
             published, mean, sd, n, k=k, chooser=chooser, values=finished["selected_accuracy"].tolist(),
-            printed=stats.printed_range(published_row["published_accuracy_pct"], recipe.printed_as)
-            if published is not None else None,
+            printed=printed,
             pipeline_check=pipeline_check,
             settings_changed=settings_changed(recipe, [metrics[i].get("config") or {} for i in index]),
             deterministic=recipe.kind == "baseline")
@@ -190,8 +220,12 @@ def judge_recipes(runs: pd.DataFrame, summary: pd.DataFrame, metrics: dict[int, 
             reason = f"{images} test image{'s' if images != 1 else ''} apart"
         # Only runs of the published recipe: a tiny pipeline-check run misses many digits.
         judged = judgement.verdict not in ("settings changed", "pipeline check")
-        if judged and (unlearned := unlearned_note(runs.loc[index])):
-            reason = f"{reason}; {unlearned}" if reason else unlearned
+        notes = [unlearned_note(runs.loc[index]) if judged else None,
+                 reached_note([metrics[i] for i in finished.index], published_row["published_accuracy_pct"],
+                              printed[0])
+                 if judgement.verdict == "above" else None,
+                 vote_note([metrics[i] for i in finished.index]) if recipe.kind == "ensemble" else None]
+        reason = "; ".join(filter(None, [reason, *notes]))
         single = stats.clip_percent(stats.prediction_interval(mean, sd, n))
         # what the recipe's record cost, at every learning rate (an ensemble's members count once)
         cost = sum(core_seconds(metrics[i]) for i in runs.index[runs["recipe"] == recipe_id]

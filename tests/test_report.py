@@ -23,8 +23,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from mnistbench import stats
 from mnistbench.cli import main
-from mnistbench.report import judge_recipes, load_metrics, load_tables, unlearned_note
+from mnistbench.report import judge_recipes, load_metrics, load_tables, reached_note, unlearned_note, vote_note
 
 RECIPES = ["nielsen_ch1_fc100", "seed_dense_mse"]  # one architecture under both protocols
 SEEDS = [1, 2, 3]
@@ -101,6 +102,25 @@ def test_runs_that_never_learned_a_digit_are_named_in_the_verdicts_reason():
     assert unlearned_note(runs.iloc[[1]]) is None
     assert unlearned_note(pd.DataFrame({"seed": [1], "unlearned_digits": pd.array([pd.NA], dtype="string")})) is None
     assert unlearned_note(pd.DataFrame({"seed": [1]})) is None  # tables from before the column
+
+
+def test_a_missed_number_says_whether_any_epoch_reached_it():
+    """"Above" has two causes to tell apart: nets that touch the number at some epoch (the
+    selection falls short) and nets that never do; the note counts the runs that touched it."""
+    def run(*tests):
+        return {"history": [{"epoch": i + 1, "test_accuracy": t} for i, t in enumerate(tests)]}
+    records = [run(99.50, 99.61, 99.55), run(99.52, 99.58), run(99.59, None, 99.60)]
+    low, _ = stats.printed_range("99.60")
+    assert reached_note(records, "99.60", low) == ("2 of 3 runs reached 99.60% at some epoch "
+                                                   "(peak test accuracy 99.61%)")
+    assert reached_note([{"history": []}, {}], "99.60", low) is None  # nothing per epoch to read
+
+
+def test_an_ensembles_reason_says_what_the_vote_added():
+    members = [{"seed": s, "final_test_accuracy": a} for s, a in enumerate([99.5, 99.6, 99.55, 99.45, 99.5], 1)]
+    assert vote_note([{"members": members, "selected_accuracy": 99.62}]) == \
+        "members' final epochs average 99.52%, the vote adds +0.10 point"
+    assert vote_note([{"members": [], "selected_accuracy": None}]) is None
 
 
 def test_report_without_tables_is_one_clear_error(tmp_path, capsys):
