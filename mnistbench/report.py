@@ -168,7 +168,8 @@ def vote_note(records: list[dict]) -> str | None:
         members = [x["final_test_accuracy"] for x in m.get("members") or []
                    if x.get("final_test_accuracy") is not None]
         if members and m.get("selected_accuracy") is not None:
-            gains.append((statistics.mean(members), m["selected_accuracy"] - statistics.mean(members)))
+            mean = statistics.mean(members)
+            gains.append((mean, m["selected_accuracy"] - mean))
     if not gains:
         return None
     return "; ".join(f"members' final epochs average {mean:.2f}%, the vote adds {gain:+.2f} point"

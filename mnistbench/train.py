@@ -262,12 +262,13 @@ def environment(device: torch.device) -> dict:
 
     # The package's own uncommitted changes make the commit an incomplete description of the code.
     changes = git("status", "--porcelain", "--", ".")
+    model = cpu_model()
     return {
         "mnistbench": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
         "python": platform.python_version(), "platform": platform.platform(),
-        "host": socket.gethostname(), "device": str(device), "cpu_model": cpu_model(),
+        "host": socket.gethostname(), "device": str(device), "cpu_model": model,
         "cpu_kind": cpu_kind(),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else model,
         "threads": torch.get_num_threads(), "git_commit": git("rev-parse", "HEAD") or None,
         "git_dirty": None if changes is None else bool(changes),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
