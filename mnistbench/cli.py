@@ -305,14 +305,15 @@ def cmd_progress(args) -> None:
 
 def cmd_audit(args) -> None:
     from .audit import audit
+    from .data import DataError
     from .record import RecordError
 
     failed = 0
     for path in args.records:
-        try:
+        try:  # an audit trains (or votes) again, so it meets the same bad input as `train`
             result = audit(path, epochs=args.epochs, data_dir=args.data_dir,
                            log=None if args.quiet else log)
-        except RecordError as err:
+        except (RecordError, DataError) as err:
             raise UsageError(str(err)) from None
         print(result.summary(), flush=True)
         failed += not result.identical

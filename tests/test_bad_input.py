@@ -153,6 +153,14 @@ def test_missing_mnist_fails_fast(tmp_path):
     assert_one_line_error(result, "MNIST not found", "train-images-idx3-ubyte.gz", out=out)
 
 
+def test_audit_without_mnist_says_where_to_put_it(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    record = Path("results/replication/runs/nielsen_ch6_ensemble/lr=0.03/group=1/metrics.json")
+    result = mnistbench("audit", str(Path(__file__).parents[1] / record), env=offline_env(empty), timeout=120)
+    assert_one_line_error(result, "MNIST not found", "train-images-idx3-ubyte.gz")
+
+
 def test_corrupted_archive(data_dir, tmp_path):
     raw = copy_mnist(data_dir, tmp_path / "data", unpacked=False)
     archive = raw / "train-labels-idx1-ubyte.gz"
