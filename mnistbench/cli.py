@@ -266,6 +266,8 @@ def cmd_docs(args) -> None:
 def cmd_findings(args) -> None:
     from .report import ReportError, update_findings
 
+    if not Path(args.study_dir).is_dir():  # a mistyped folder must not empty the README's table
+        raise UsageError(f"no such study folder: {args.study_dir}")
     try:
         changed = update_findings(args.readme, args.study_dir)
     except (ReportError, OSError) as err:

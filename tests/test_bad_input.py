@@ -1,4 +1,4 @@
-"""Bad input to `mnistbench train`: one clear line, a nonzero exit, no traceback, nothing that looks finished.
+"""Bad input to mnistbench's commands: one clear line, a nonzero exit, no traceback, nothing that looks finished.
 
 One test per case: CLI misuse, bad hyperparameters, missing or damaged MNIST files, an output
 folder that cannot be written, truncated or foreign checkpoints. A diverging run is not an error:
@@ -19,6 +19,7 @@ import torch
 
 from mnistbench.data import MNIST_FILES
 from mnistbench.recipes import all_recipes, get_recipe
+from mnistbench.report import FINDINGS_END, FINDINGS_START
 from mnistbench.train import train
 
 TINY = ["--epochs", "1", "--train-subset", "100", "--device", "cpu", "--threads", "1", "--quiet"]
@@ -294,3 +295,13 @@ def test_aggregate_names_the_broken_run_record(tmp_path, content, problem):
     line = assert_one_line_error(mnistbench("aggregate", str(study)), problem)
     assert f"broken run record {broken}: " in line
     assert not (study / "runs.csv").exists()
+
+
+def test_findings_of_a_mistyped_study_folder_leave_the_readme_alone(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{FINDINGS_START}\n| the table |\n{FINDINGS_END}\n")
+    before = readme.read_text()
+    result = mnistbench("findings", "--study-dir", str(tmp_path / "results" / "replicaton"),
+                        "--readme", str(readme))
+    assert_one_line_error(result, "no such study folder", "replicaton")
+    assert readme.read_text() == before
