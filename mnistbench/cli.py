@@ -259,6 +259,8 @@ def _log_study_to_mlflow(study_dir: Path, report_dir: Path, config: dict | None)
 def cmd_docs(args) -> None:
     from .card import write_docs
 
+    if not Path("docs/recipes.md").is_file():
+        raise UsageError("no docs/recipes.md here: run 'mnistbench docs' from the project root")
     changed = write_docs(_workflow_config())
     log(f"updated {', '.join(map(str, changed))}" if changed else "docs already up to date")
 

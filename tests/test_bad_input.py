@@ -25,9 +25,10 @@ from mnistbench.train import train
 TINY = ["--epochs", "1", "--train-subset", "100", "--device", "cpu", "--threads", "1", "--quiet"]
 
 
-def mnistbench(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def mnistbench(*args: str, env: dict | None = None, timeout: float = 300, cwd: Path | None = None
+               ) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "mnistbench", *args], capture_output=True, text=True,
-                          env=env, timeout=timeout)
+                          env=env, timeout=timeout, cwd=cwd)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str, out: Path | None = None) -> str:
@@ -305,3 +306,8 @@ def test_findings_of_a_mistyped_study_folder_leave_the_readme_alone(tmp_path):
                         "--readme", str(readme))
     assert_one_line_error(result, "no such study folder", "replicaton")
     assert readme.read_text() == before
+
+
+def test_docs_outside_the_project_root(tmp_path):
+    assert_one_line_error(mnistbench("docs", cwd=tmp_path), "from the project root")
+    assert not list(tmp_path.iterdir())
