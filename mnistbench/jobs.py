@@ -155,6 +155,9 @@ def vote_into(recipe, members: Sequence[str | Path], out: str | Path, *, group: 
         records.append((str(path), metrics))
     if len({m.get("lr") for _, m in records}) > 1:
         raise ValueError("the member runs of one ensemble must share a learning rate")
+    seeds = [m.get("seed") for _, m in records]
+    if len(set(seeds)) < len(seeds):  # one net voting twice is not an ensemble of that many
+        raise ValueError(f"the member runs of one ensemble must be distinct runs (seeds {seeds})")
     test_labels = load_mnist(data_dir)[3]
     out = Path(out)
     check_writable(out)

@@ -26,6 +26,7 @@ from mnistbench.ensemble import plurality_vote, vote
 from mnistbench.recipes import get_recipe
 
 STUDY = "unit"
+RECORD = Path(__file__).resolve().parents[1] / "results" / "replication"
 FC_SEEDS = [1, 2, 3, 4, 5]
 
 
@@ -194,6 +195,13 @@ def test_ensemble_with_fewer_than_five_runs_reports_not_enough_runs(tmp_path, da
     assert result["note"].startswith("not enough runs: 1 of 5")
     row = summarize(collect_runs(tmp_path / STUDY)).set_index("recipe").loc["nielsen_ch6_ensemble"]
     assert row["finished"] == 0 and math.isnan(row["mean"]) and "not enough runs" in row["note"]
+
+
+def test_ensemble_refuses_the_same_run_twice(data_dir, tmp_path, capsys):
+    member = str(RECORD / "runs" / "nielsen_ch6_dropout" / "lr=0.03" / "seed=1" / "metrics.json")
+    assert main(["ensemble", member, member, "--data-dir", str(data_dir), "--out", str(tmp_path)]) == 2
+    assert "must be distinct runs (seeds [1, 1])" in capsys.readouterr().err
+    assert not (tmp_path / "metrics.json").exists()
 
 
 def test_ensemble_refuses_runs_of_another_recipe(study_dir, data_dir, tmp_path, capsys):
