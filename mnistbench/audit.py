@@ -26,17 +26,19 @@ class Audit:
     config_changes: dict[str, tuple] = field(default_factory=dict)  # recorded vs the recipe today
     recorded_on: str = ""
     audited_on: str = ""
+    compared: str = ""  # what was redone, when not epochs of training (an ensemble's vote)
 
     def summary(self) -> str:
         where = f"recorded on {self.recorded_on}; audited on {self.audited_on}"
+        scope = self.compared or f"over {self.epochs} epoch(s)"
         if self.config_changes:
             changes = ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in
                                 ((k, *v) for k, v in self.config_changes.items()))
             return f"{self.path}: STALE: the recipe resolves differently today ({changes})"
         if self.identical:
-            return f"{self.path}: bit-identical over {self.epochs} epoch(s) ({where})"
+            return f"{self.path}: bit-identical {scope} ({where})"
         diffs = ", ".join(f"{k} {v:.3g}" for k, v in self.differences.items())
-        return f"{self.path}: DIFFERS over {self.epochs} epoch(s): largest differences {diffs} ({where})"
+        return f"{self.path}: DIFFERS {scope}: largest differences {diffs} ({where})"
 
 
 def _machine(environment: dict) -> str:
@@ -101,7 +103,8 @@ def audit(path: str | Path, *, epochs: int | None = None, data_dir=None,
         again = run_baseline(recipe, record.get("seed"), data_dir)
         differences = {} if again["test_predictions"] == record.get("test_predictions") else {
             "selected_accuracy": abs(again["selected_accuracy"] - record["selected_accuracy"])}
-        return Audit(str(path), 0, not differences, differences, {}, recorded_on, here)
+        return Audit(str(path), 0, not differences, differences, {}, recorded_on, here,
+                 compared=f"vote of its {len(members)} members' recorded predictions")
     cfg = record["config"]
     recipe = recipe.with_overrides(lr=cfg["lr"], epochs=cfg["epochs"], train_subset=cfg.get("train_subset"))
     changes = config_changes(record, asdict(planned_config(recipe, record["seed"], cfg.get("device", "cpu"))))
@@ -130,7 +133,8 @@ def _audit_ensemble(path, record, recipe, data_dir, recorded_on, here) -> Audit:
         if again.get(key) != record.get(key):
             differences[key] = float("inf") if key != "selected_accuracy" else abs(
                 (again.get(key) or 0) - (record.get(key) or 0))
-    return Audit(str(path), 0, not differences, differences, {}, recorded_on, here)
+    return Audit(str(path), 0, not differences, differences, {}, recorded_on, here,
+                 compared=f"vote of its {len(members)} members' recorded predictions")
 
 
 def _member_path(ensemble_path, member: str) -> Path:

@@ -73,6 +73,25 @@ def test_audit_calls_a_record_of_another_recipe_reading_stale(recorded_run, tmp_
     assert done.returncode == 1 and "STALE" in done.stdout and "scaling 'k/255' -> 'k/256'" in done.stdout
 
 
+def test_the_recorded_ensemble_votes_again_to_its_record(tmp_path, data_dir):
+    """A vote of integers is the same on any machine: the recorded members' predictions, voted
+    again, give the recorded vote; one prediction changed in the record is found."""
+    path = RECORD / "runs" / "nielsen_ch6_ensemble" / "lr=0.03" / "group=1" / "metrics.json"
+    if not path.exists():
+        pytest.skip("no ensemble vote in the record yet")
+    done = mnistbench("audit", "--data-dir", str(data_dir), str(path), cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "bit-identical vote of its 5 members' recorded predictions" in done.stdout
+    record = read_record(path)
+    first = record["test_predictions"][0]
+    record["test_predictions"] = str((int(first) + 1) % 10) + record["test_predictions"][1:]
+    tampered = tmp_path / "metrics.json"
+    tampered.write_text(json.dumps(record))
+    done = mnistbench("audit", "--data-dir", str(data_dir), str(tampered), cwd=ROOT)
+    assert done.returncode == 1 and "DIFFERS vote of its 5 members" in done.stdout
+    assert "test_predictions" in done.stdout
+
+
 def test_audit_names_an_unreadable_record(tmp_path):
     broken = tmp_path / "metrics.json"
     broken.write_text('{"recipe": "nielsen_ch1_fc30", "history": [')
