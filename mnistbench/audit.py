@@ -104,7 +104,7 @@ def audit(path: str | Path, *, epochs: int | None = None, data_dir=None,
         differences = {} if again["test_predictions"] == record.get("test_predictions") else {
             "selected_accuracy": abs(again["selected_accuracy"] - record["selected_accuracy"])}
         return Audit(str(path), 0, not differences, differences, {}, recorded_on, here,
-                 compared=f"vote of its {len(members)} members' recorded predictions")
+                     compared="when the baseline runs again")
     cfg = record["config"]
     recipe = recipe.with_overrides(lr=cfg["lr"], epochs=cfg["epochs"], train_subset=cfg.get("train_subset"))
     changes = config_changes(record, asdict(planned_config(recipe, record["seed"], cfg.get("device", "cpu"))))

@@ -92,6 +92,15 @@ def test_the_recorded_ensemble_votes_again_to_its_record(tmp_path, data_dir):
     assert "test_predictions" in done.stdout
 
 
+def test_the_recorded_darkness_baseline_runs_again_to_its_record(data_dir):
+    path = RECORD / "runs" / "nielsen_ch1_darkness" / "lr=none" / "seed=1" / "metrics.json"
+    if not path.exists():
+        pytest.skip("no darkness baseline in the record yet")
+    done = mnistbench("audit", "--data-dir", str(data_dir), str(path), cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "bit-identical when the baseline runs again" in done.stdout
+
+
 def test_audit_names_an_unreadable_record(tmp_path):
     broken = tmp_path / "metrics.json"
     broken.write_text('{"recipe": "nielsen_ch1_fc30", "history": [')
