@@ -17,6 +17,7 @@ from .ensemble import SIZE as ENSEMBLE_SIZE
 from .recipes import SPLIT_SIZE, all_recipes, planned_train_images
 from .record import (CHECKPOINT_FILE, RecordError, core_seconds, find_records, is_finished, lr_label,
                      read_record, run_dir, run_threads)
+from .train import cpu_kind
 from . import stats
 
 # Training images per second of one single-thread `mnistbench train` job, two side by side on
@@ -151,17 +152,22 @@ class Progress:
     rows: list[dict]  # one per recipe of the study
 
 
-def measured_rates(records) -> dict[tuple, list[float]]:
+def measured_rates(records, cpu: str | None = None) -> dict[tuple, list[float]]:
     """The images per core-second of every finished network run among these records (its images/s
     over its torch threads, so that a two-thread run costs its two cores), by what a training
-    step costs (`_compute`)."""
+    step costs (`_compute`). Where runs on the `cpu` kind (`train.cpu_kind`) measured a network,
+    only theirs: the machine that trains what is left is the one to estimate it by (a Zen 4 trains
+    the conv nets 1.4-5x faster than the AVX2 machine of the first records)."""
     recipes = all_recipes()
-    rates = defaultdict(list)
+    rates, here = defaultdict(list), defaultdict(list)
     for m in records:
         recipe = recipes.get(m.get("recipe"))
         if recipe is not None and recipe.kind == "network" and is_finished(m) and m.get("images_per_second"):
-            rates[_compute(recipe)].append(m["images_per_second"] / run_threads(m))
-    return rates
+            rate = m["images_per_second"] / run_threads(m)
+            rates[_compute(recipe)].append(rate)
+            if cpu is not None and (m.get("environment") or {}).get("cpu_kind") == cpu:
+                here[_compute(recipe)].append(rate)
+    return defaultdict(list, {key: here.get(key) or measured for key, measured in rates.items()})
 
 
 def progress(spec: dict, study: str, results: str | Path = "results") -> Progress:
@@ -173,7 +179,7 @@ def progress(spec: dict, study: str, results: str | Path = "results") -> Progres
             records[path.resolve()] = read_record(path)
         except RecordError:
             continue  # counted as missing; `mnistbench aggregate` names the broken file
-    rates = measured_rates(records.values())
+    rates = measured_rates(records.values(), cpu_kind())
     rows, done_seconds, left_seconds = [], 0.0, 0.0
     planned = planned_runs(spec)
     for recipe_id in spec["recipes"]:
@@ -215,19 +221,25 @@ def priorities(spec: dict, study: str, results: str | Path = "results") -> dict[
     checkpoint in their folder), so a restart finishes them before it starts others and a lost
     machine costs as few epochs as it can. Then the runs a verdict still needs (at the published
     learning rate, in the study's seed order, as many as finished runs are missing) before the
-    others (more seeds, other learning rates). Then the cheaper run first, at the rate `progress`
+    others (more seeds, other learning rates); an ensemble's verdict needs its groups' members
+    too (3 groups: 15 member runs). Then the cheaper run first, at the rate `progress`
     estimates (the median rate of the runs of the same network at the same batch size, else a
     nominal one); then the study's order.
     """
     rows = {row["recipe"]: row for row in progress(spec, study, results).rows}
     recipes = all_recipes()
     runs = planned_runs(spec)
+    needed = {recipe_id: row["needed"] for recipe_id, row in rows.items()}
+    for recipe_id, row in rows.items():
+        members = recipes[recipe_id].members
+        if members in needed:  # an ensemble's groups need five member runs each
+            needed[members] = max(needed[members], row["needed"] * ENSEMBLE_SIZE)
     still_needed = set()
     for recipe_id, row in rows.items():
         recipe = recipes[recipe_id]
         waiting = [r for r in runs if r.recipe == recipe_id and at_published_lr(r, recipe)
                    and not r.path(study, results).exists()]
-        still_needed.update(waiting[:max(0, row["needed"] - row["at_published_lr"])])
+        still_needed.update(waiting[:max(0, needed[recipe_id] - row["at_published_lr"])])
     resuming = {r for r in runs if (r.path(study, results).parent / CHECKPOINT_FILE).exists()}
     position = {run: i for i, run in enumerate(runs)}  # the study's recipe order, then lr, then seed
     keyed = sorted(runs, key=lambda r: (-recipe_settings(spec, r.recipe).get("priority", 0), r not in resuming,

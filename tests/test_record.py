@@ -16,6 +16,7 @@ from mnistbench.record import find_records, read_record, run_dir
 from mnistbench.recipes import all_recipes
 from mnistbench.study import NOMINAL_RATES, planned_images, planned_runs, priorities, progress
 from mnistbench.stats import judge
+from mnistbench.train import cpu_kind
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORD = ROOT / "results" / "replication"
@@ -129,12 +130,13 @@ def test_planned_runs_and_progress(tmp_path):
     assert fc30["core_hours_left"] == pytest.approx(5 * 1_500_000 / 25_000 * 1.1 / 3600)
 
 
-def finished_record(study, recipe, lr, seed, results, images_per_second=1000, threads=1):
+def finished_record(study, recipe, lr, seed, results, images_per_second=1000, threads=1, cpu_kind=None):
     path = run_dir(study, recipe, lr, seed, results=results) / "metrics.json"
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({"recipe": recipe, "lr": lr, "seed": seed, "status": "finished",
                                 "selected_accuracy": 99.0, "train_seconds": 3600, "eval_seconds": 0,
-                                "images_per_second": images_per_second, "environment": {"threads": threads}}))
+                                "images_per_second": images_per_second,
+                                "environment": {"threads": threads, "cpu_kind": cpu_kind}}))
 
 
 def test_a_run_is_estimated_at_the_rate_its_network_measured(tmp_path):
@@ -164,6 +166,21 @@ def test_a_run_with_more_threads_costs_its_cores(tmp_path):
     assert row["core_hours"] == pytest.approx(2.0)  # 3,600 s on two threads
     assert row["run_hours"] == pytest.approx(
         planned_images(all_recipes()["nielsen_ch6_dropout"], spec) / 500 * 1.1 / 3600)
+
+
+def test_what_is_left_is_estimated_at_this_cpus_rates_where_it_measured_them(tmp_path):
+    """The runs of this machine's kind of CPU set a network's rate when there are any (what is
+    left will train here); the other machines' runs count only for networks this one has not
+    trained."""
+    spec = {"recipes": ["seed_relu", "nielsen_ch6_basic_conv"], "seeds": [1, 2, 3, 4]}
+    finished_record("s", "seed_relu", 0.03, 1, tmp_path, images_per_second=500, cpu_kind="elsewhere")
+    finished_record("s", "seed_relu", 0.03, 2, tmp_path, images_per_second=600, cpu_kind="elsewhere")
+    finished_record("s", "seed_relu", 0.03, 3, tmp_path, images_per_second=2000, cpu_kind=cpu_kind())
+    finished_record("s", "nielsen_ch6_basic_conv", 0.1, 1, tmp_path, images_per_second=700)
+    rows = {row["recipe"]: row for row in progress(spec, "s", tmp_path).rows}
+    for recipe_id, rate in [("seed_relu", 2000), ("nielsen_ch6_basic_conv", 700)]:
+        assert rows[recipe_id]["run_hours"] == pytest.approx(
+            planned_images(all_recipes()[recipe_id], spec) / rate * 1.1 / 3600)
 
 
 def test_priorities_train_the_cheapest_runs_a_verdict_needs_first(tmp_path):
@@ -203,6 +220,17 @@ def test_priorities_train_the_cheapest_runs_a_verdict_needs_first(tmp_path):
     assert order[:3] == [("nielsen_ch1_fc30", "9", 1), ("nielsen_ch1_svm", "none", 1),
                          ("nielsen_ch6_dbl_conv", "0.1", 1)]
     assert order[-3:] == [("seed_final", "0.03", s) for s in (2, 1, 3)]
+
+
+def test_priorities_train_the_members_an_ensembles_verdict_needs(tmp_path):
+    """An ensemble's verdict needs three groups of five member runs: all 15 seeds of the dropout
+    net are needed for a verdict, so they come before a cheap net's extra seeds, not after."""
+    spec = {"recipes": ["nielsen_ch6_dropout", "nielsen_ch6_ensemble", "nielsen_ch1_fc30"],
+            "seeds": list(range(1, 16)), "per_recipe": {"nielsen_ch1_fc30": {"seeds": [1, 2, 3, 4, 5]}}}
+    p = priorities(spec, "s", tmp_path)
+    order = [(r.recipe, r.seed) for r in sorted(p, key=p.get, reverse=True) if r.group is None]
+    assert order[-2:] == [("nielsen_ch1_fc30", 4), ("nielsen_ch1_fc30", 5)]
+    assert order[:3] == [("nielsen_ch1_fc30", s) for s in (1, 2, 3)]
 
 
 def test_progress_counts_a_number_done_exactly_when_the_report_can_judge_it(tmp_path):
