@@ -41,13 +41,13 @@ def float64():
     torch.set_default_dtype(torch.float32)
 
 
-def test_weight_decay_net_follows_the_articles_step(float64):
+def test_weight_decay_net_follows_the_articles_step(float64, data_dir):
     seed, weight_decay = 2, 0.1
     recipe = get_recipe("seed_relu_wd01").with_overrides(epochs=1, train_subset=500)
     assert recipe.weight_decay(500) == weight_decay  # as written, not scaled by the data size
     assert recipe.scaling == "k/255"  # the articles' ToTensor() pixels
     initial = [p.detach().clone().requires_grad_() for p in create(recipe.arch, recipe.init, seed).state_dict().values()]
-    data = load_data(recipe)
+    data = load_data(recipe, data_dir)
     data.train_x, data.test_x = data.train_x.double(), data.test_x.double()
     order = epoch_order(seed, 1, len(data.train_x), True, "cpu")
     expected = articles_sgd(initial, data.train_x, data.train_y, order, recipe.lr, weight_decay)

@@ -50,12 +50,12 @@ def float64():
     torch.set_default_dtype(torch.float32)
 
 
-def check_recipe_follows_network3(recipe_id, l2):
+def check_recipe_follows_network3(recipe_id, l2, data_dir):
     recipe = get_recipe(recipe_id).with_overrides(epochs=1, train_subset=500)
     assert recipe.l2 == l2  # the published lmbda, scaled by network3's 1/num_training_batches
     initial = [p.detach().clone().requires_grad_() for p in create(recipe.arch, recipe.init, 3).state_dict().values()]
     layers = list(zip(initial[0::2], initial[1::2]))
-    data = load_data(recipe)
+    data = load_data(recipe, data_dir)
     data.train_x, data.val_x, data.test_x = data.train_x.double(), data.val_x.double(), data.test_x.double()
     expected = network3_sgd(layers, data.train_x, data.train_y, recipe.lr, ACTIVATIONS[recipe.arch.activation], l2)
 
@@ -67,9 +67,9 @@ def check_recipe_follows_network3(recipe_id, l2):
         torch.testing.assert_close(mine.contiguous(), book.detach(), rtol=1e-9, atol=1e-10)
 
 
-def test_basic_conv_follows_network3(float64):
-    check_recipe_follows_network3("nielsen_ch6_basic_conv", l2=0.0)
+def test_basic_conv_follows_network3(float64, data_dir):
+    check_recipe_follows_network3("nielsen_ch6_basic_conv", l2=0.0, data_dir=data_dir)
 
 
-def test_double_conv_relu_with_l2_follows_network3(float64):
-    check_recipe_follows_network3("nielsen_ch6_dbl_conv_relu", l2=0.1)
+def test_double_conv_relu_with_l2_follows_network3(float64, data_dir):
+    check_recipe_follows_network3("nielsen_ch6_dbl_conv_relu", l2=0.1, data_dir=data_dir)
