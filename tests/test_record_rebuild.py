@@ -16,6 +16,8 @@ import pandas as pd
 import pytest
 
 import protocol_oracle as oracle
+import torch
+
 from mnistbench.aggregate import collect_runs, summarize
 from mnistbench.recipes import all_recipes, get_recipe
 from mnistbench.train import planned_config, run_result, RunProgress
@@ -96,8 +98,6 @@ def test_verdict_inputs_recomputed_from_the_metrics_files():
 def test_todays_recipes_select_each_recorded_history_as_their_source_did():
     """The selection each recipe's run makes today (recipe -> config -> run_result), applied to
     every recorded whole-run history: what the source's rule picks from it."""
-    import torch
-
     for path, record in records():
         recipe = all_recipes()[record["recipe"]]
         if recipe.kind != "network" or record["status"] != "finished":
@@ -114,8 +114,6 @@ def test_todays_recipes_select_each_recorded_history_as_their_source_did():
 def test_each_recipe_selects_a_discriminating_history_by_its_sources_rule(recipe_id):
     """A history on which peak-on-test, peak-on-validation, best-validation and final all pick
     different epochs: each recipe's run picks the one its source's rule picks."""
-    import torch
-
     history = [
         {"epoch": 1, "val_accuracy": 90.0, "test_accuracy": 91.0},
         {"epoch": 2, "val_accuracy": 95.0, "test_accuracy": 92.0},  # first validation peak
@@ -131,3 +129,31 @@ def test_each_recipe_selects_a_discriminating_history_by_its_sources_rule(recipe
                         test_labels=torch.zeros(0, dtype=torch.long))
     protocol = oracle.expected_protocol(recipe_id)
     assert (result["selected_accuracy"], result["selected_epoch"]) == oracle.select(history, *protocol["selection"])
+
+
+def test_recorded_votes_are_the_plurality_of_their_members_predictions(data_dir):
+    """Each recorded ensemble: the plurality of its five members' recorded final-epoch test
+    predictions (ties to the lowest digit), scored here on the raw test labels, is its number;
+    and the package's vote over the same member records gives the same record."""
+    from collections import Counter
+
+    from mnistbench.ensemble import vote
+
+    labels = oracle.raw_mnist(str(data_dir))["test_y"]
+    ensembles = [(p, r) for p, r in records() if all_recipes()[r["recipe"]].kind == "ensemble"]
+    assert ensembles, "the record has no ensemble vote"
+    for path, record in ensembles:
+        members = [(m["metrics"], json.loads((ROOT / m["metrics"]).read_text())) for m in record["members"]]
+        usable = sorted((m for m in members if m[1]["status"] == "finished"), key=lambda m: m[1]["seed"])[:5]
+        if record["status"] != "finished":
+            assert len(usable) < 5, path
+            continue
+        votes = []
+        for digits in zip(*(m["test_predictions"] for _, m in usable)):
+            counts = Counter(digits)
+            top = max(counts.values())
+            votes.append(min(d for d, c in counts.items() if c == top))
+        expected = round(100 * sum(int(v) == y for v, y in zip(votes, labels)) / len(labels), 4)
+        assert record["selected_accuracy"] == expected and record["test_predictions"] == "".join(votes), path
+        again = vote(all_recipes()[record["recipe"]], members, record["group"], torch.from_numpy(labels.astype("int64")))
+        assert (again["selected_accuracy"], again["test_predictions"]) == (expected, "".join(votes)), path
