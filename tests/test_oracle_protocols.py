@@ -184,15 +184,19 @@ def check_split(recipe_id, raw):
     size = protocol["split_size"]
     if protocol["expanded"]:
         return data, protocol
-    assert np.array_equal(data.train_x.numpy(), oracle.pixels(raw["train_x"][:size], protocol["pixels"]))
-    assert np.array_equal(data.train_y.numpy(), raw["train_y"][:size])
+    pixels = protocol["pixels"]
+    assert np.array_equal(data.train_x.numpy(), oracle.pixels(raw["train_x"][:size], pixels)), \
+        f"training images: not the first {size:,} official training images as {pixels} pixels"
+    assert np.array_equal(data.train_y.numpy(), raw["train_y"][:size]), "training labels"
     if protocol["split"] == "nielsen":
-        assert np.array_equal(data.val_x.numpy(), oracle.pixels(raw["train_x"][50_000:], protocol["pixels"]))
-        assert np.array_equal(data.val_y.numpy(), raw["train_y"][50_000:])
+        assert np.array_equal(data.val_x.numpy(), oracle.pixels(raw["train_x"][50_000:], pixels)), \
+            f"validation images: not the last 10,000 official training images as {pixels} pixels"
+        assert np.array_equal(data.val_y.numpy(), raw["train_y"][50_000:]), "validation labels"
     else:
-        assert data.val_x is None
-    assert np.array_equal(data.test_x.numpy(), oracle.pixels(raw["test_x"], protocol["pixels"]))
-    assert np.array_equal(data.test_y.numpy(), raw["test_y"])
+        assert data.val_x is None, "the official split has no validation set"
+    assert np.array_equal(data.test_x.numpy(), oracle.pixels(raw["test_x"], pixels)), \
+        f"test images: not the official test set as {pixels} pixels"
+    assert np.array_equal(data.test_y.numpy(), raw["test_y"]), "test labels"
     return data, protocol
 
 

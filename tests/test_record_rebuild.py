@@ -49,10 +49,10 @@ def compare_tables(rebuilt: pd.DataFrame, committed_csv: Path, key: list[str]) -
     assert len(rebuilt) == len(committed), f"{committed_csv.name}: {len(rebuilt)} rows rebuilt, {len(committed)} committed"
     rebuilt, committed = rebuilt.reset_index(drop=True), committed.reset_index(drop=True)
     for column in committed.columns:
-        if column == "run_dir":  # where this checkout is: compared relative to the repository
-            continue
         for i in range(len(committed)):
             a, b = rebuilt.at[i, column], committed.at[i, column]
+            if column == "run_dir":  # where this checkout is: compared relative to the repository
+                a = str(Path(a).relative_to(ROOT))
             assert _same(a, b), (f"{committed_csv.name} row {i} ({', '.join(str(committed.at[i, k]) for k in key)}) "
                                  f"column {column}: rebuilt {a!r}, committed {b!r}")
 
