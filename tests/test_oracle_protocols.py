@@ -386,3 +386,18 @@ def test_dropout_rule(recipe_id, tmp_path, monkeypatch, raw, short_test_set):
         ratios2 = observed_masks(model2, oracle.layers_of(model2.state_dict()), x, arch)
         same_runs = same_masks(ratios[0], ratios2[0])
         assert same_runs == (protocol["masks"] == "shared"), "masks shared by every run?"
+
+
+def test_darkness_baseline_through_the_job_is_the_books_2225(tmp_path, raw):
+    """mnist_average_darkness.py, from the raw bytes: each digit's mean total ink over the book's
+    50,000 training images; a test image gets the digit whose mean is closest. The book prints
+    2,225 of 10,000 right; the job's record must say 22.25 with the same guesses."""
+    ink = raw["train_x"][:50_000].reshape(50_000, -1).sum(1, dtype=np.int64)
+    means = np.array([ink[raw["train_y"][:50_000] == d].mean() for d in range(10)])
+    test_ink = raw["test_x"].reshape(10_000, -1).sum(1, dtype=np.int64)
+    guesses = np.abs(test_ink[:, None] - means[None, :]).argmin(1)
+    assert (guesses == raw["test_y"]).sum() == 2225
+    out = tmp_path / "darkness"
+    record = jobs.train_into(get_recipe("nielsen_ch1_darkness"), 1, out, device="cpu", checkpoint=False)
+    assert record["selected_accuracy"] == 22.25 and record["status"] == "finished"
+    assert record["test_predictions"] == "".join(map(str, guesses))
