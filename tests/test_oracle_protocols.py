@@ -266,9 +266,22 @@ def fc_logits(layers, x, activation, hidden_activation=True):
 def test_one_epoch_follows_the_sources_cost_and_l2(recipe_id, tmp_path, monkeypatch, raw, short_test_set):
     """The run's final weights are the oracle's SGD (its cost, its L2 form, momentum where the
     source had it) from the run's own initial weights over the images the run was fed."""
-    protocol, record, spy, final = train_recipe(recipe_id, tmp_path, monkeypatch, epochs=1,
-                                                train_subset=None)
-    n = record["config"]["train_images"]
+    protocol, record, spy, final = train_recipe(recipe_id, tmp_path, monkeypatch, epochs=1)
+    check_one_epoch(recipe_id, protocol, record["config"]["train_images"], spy, final, raw)
+
+
+def test_momentum_is_torch_sgds(tmp_path, monkeypatch, raw, short_test_set):
+    """The tutorials' torch.optim.SGD(momentum=0.9): v <- 0.9 v + g, w <- w - lr v (no dampening,
+    no Nesterov), on a net without dropout (the tutorials' own nets drop units)."""
+    protocol = {**oracle.expected_protocol("seed_dense_mse"), "momentum": 0.9}
+    spy = Spy(monkeypatch)
+    recipe = get_recipe("seed_dense_mse").with_overrides(momentum=0.9, epochs=1, train_subset=25)
+    result = train_module.train(recipe, seed=1, device="cpu")
+    check_one_epoch("seed_dense_mse with momentum 0.9", protocol, 25, spy, result["final_model"], raw)
+
+
+def check_one_epoch(what, protocol, n, spy, final, raw):
+    """The final weights against the oracle's SGD over the mini-batches the run was fed."""
     train_x, train_y = oracle_training_set(protocol, raw, n // (5 if protocol["expanded"] else 1))
     batches = fed_indices(spy.fed[0], train_x)
     params = [p.clone().requires_grad_() for layer in oracle.layers_of(spy.initial[0]) for p in layer]
@@ -289,7 +302,7 @@ def test_one_epoch_follows_the_sources_cost_and_l2(recipe_id, tmp_path, monkeypa
     assert len(got) == len(params)
     for mine, expected in zip(got, params):
         torch.testing.assert_close(mine.contiguous(), expected.detach(), rtol=1e-4, atol=2e-5,
-                                   msg=lambda m: f"{recipe_id}: weights after one epoch differ from the "
+                                   msg=lambda m: f"{what}: weights after one epoch differ from the "
                                                  f"source's cost/L2/SGD: {m}")
 
 
