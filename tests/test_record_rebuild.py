@@ -128,7 +128,10 @@ def test_each_recipe_selects_a_discriminating_history_by_its_sources_rule(recipe
     result = run_result(recipe, cfg, RunProgress(history=history), final_model=None, environment={},
                         test_labels=torch.zeros(0, dtype=torch.long))
     protocol = oracle.expected_protocol(recipe_id)
-    assert (result["selected_accuracy"], result["selected_epoch"]) == oracle.select(history, *protocol["selection"])
+    expected = oracle.select(history, *protocol["selection"])
+    assert (result["selected_accuracy"], result["selected_epoch"]) == expected, (
+        f"{recipe_id}: selected epoch {result['selected_epoch']}, but the source's rule "
+        f"{protocol['selection'][0]} on the {protocol['selection'][1]} split picks epoch {expected[1]}")
 
 
 def test_recorded_votes_are_the_plurality_of_their_members_predictions(data_dir):
