@@ -160,3 +160,29 @@ def test_recorded_votes_are_the_plurality_of_their_members_predictions(data_dir)
         assert record["selected_accuracy"] == expected and record["test_predictions"] == "".join(votes), path
         again = vote(all_recipes()[record["recipe"]], members, record["group"], torch.from_numpy(labels.astype("int64")))
         assert (again["selected_accuracy"], again["test_predictions"]) == (expected, "".join(votes)), path
+
+
+def test_every_recorded_run_resolves_as_its_recipe_does_today():
+    """The CPU-independent half of `mnistbench audit`, over the whole record without training:
+    each recorded run's configuration (split, pixels, order, drop-last, init, loss, L2 form and
+    value, selection, masks, test mode, ...) is what its recipe resolves to today; and each
+    records the protocol the published table's prose states."""
+    from dataclasses import asdict
+
+    from mnistbench.audit import config_changes
+
+    for path, record in records():
+        recipe = all_recipes()[record["recipe"]]
+        if recipe.kind != "network":
+            continue
+        cfg = record["config"]
+        today = planned_config(recipe.with_overrides(lr=cfg["lr"], epochs=cfg["epochs"],
+                                                     train_subset=cfg.get("train_subset")), record["seed"], "cpu")
+        assert config_changes(record, asdict(today)) == {}, f"{path}: recorded under another protocol"
+        protocol = oracle.expected_protocol(recipe.id)
+        assert (cfg["split"], cfg["scaling"], cfg["shuffle"], cfg["drop_last"], cfg["expand"],
+                cfg["selection"], cfg["selection_split"], cfg["test_mode"], cfg["dropout_masks"]) == (
+            protocol["split"], protocol["pixels"], protocol["order"] == "reshuffled", protocol["drop_last"],
+            protocol["expanded"], *protocol["selection"], protocol["test_mode"], protocol["masks"]), path
+        coefficient, on_biases = oracle.l2_step_terms(protocol["l2"], cfg["train_images"], cfg["batch_size"])
+        assert cfg["weight_decay"] == pytest.approx(coefficient, rel=1e-12), path
