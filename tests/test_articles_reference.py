@@ -11,6 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import protocol_oracle
+
 from mnistbench.models import create
 from mnistbench.recipes import get_recipe
 from mnistbench.train import epoch_order, load_data, train
@@ -47,10 +49,16 @@ def test_weight_decay_net_follows_the_articles_step(float64, data_dir):
     assert recipe.weight_decay(500) == weight_decay  # as written, not scaled by the data size
     assert recipe.scaling == "k/255"  # the articles' ToTensor() pixels
     initial = [p.detach().clone().requires_grad_() for p in create(recipe.arch, recipe.init, seed).state_dict().values()]
+    protocol_oracle.check_init("torch default", list(zip(initial[0::2], initial[1::2])))
+    # the first 500 official training images as ToTensor() gives them, read here (not load_data)
+    raw = protocol_oracle.raw_mnist(str(data_dir))
+    images = torch.from_numpy(protocol_oracle.pixels(raw["train_x"][:500], "k/255")).double()
+    labels = torch.from_numpy(raw["train_y"][:500].astype("int64"))
     data = load_data(recipe, data_dir)
     data.train_x, data.test_x = data.train_x.double(), data.test_x.double()
-    order = epoch_order(seed, 1, len(data.train_x), True, "cpu")
-    expected = articles_sgd(initial, data.train_x, data.train_y, order, recipe.lr, weight_decay)
+    order = epoch_order(seed, 1, len(data.train_x), True, "cpu")  # the run's seed-derived choice
+    assert sorted(order.tolist()) == list(range(500))  # ...a permutation of every image
+    expected = articles_sgd(initial, images, labels, order, recipe.lr, weight_decay)
 
     got = list(train(recipe, seed=seed, data=data)["final_model"].values())
     assert len(got) == len(expected)

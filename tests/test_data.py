@@ -65,10 +65,13 @@ def test_shifted_images_are_filled_black_in_pixel_space(scaling, black, data_dir
 
 
 def test_shifted_copies_move_each_image_by_one_pixel_with_zero_fill(data_dir):
-    x = load_mnist(str(data_dir))[0][:3]
+    # real digits with ink on row 0, row 27, column 0 and column 27: a shift that wraps, or
+    # leaves the uncovered line as it was, differs from a black fill only on such images
+    x = load_mnist(str(data_dir))[0][[12352, 71, 1322, 615]]
+    assert x[0, 0].any() and x[1, -1].any() and x[2, :, 0].any() and x[3, :, -1].any()
     out = shifted_copies(x)
-    assert out.shape == (15, 28, 28)
-    for i in range(3):
+    assert out.shape == (20, 28, 28)
+    for i in range(4):
         image, down, up, right, left = (out[5 * i + k] for k in range(5))
         original = x[i]
         assert torch.equal(image, original)

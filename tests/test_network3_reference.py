@@ -3,11 +3,14 @@
 network3.py (Theano) is spelled out here without nn.Modules, optimisers or mnistbench's loss
 table: conv-pool layers add their bias after pooling, the cost is the mean log-likelihood plus
 0.5 * lmbda * sum(w**2) / num_training_batches, and plain SGD walks the mini-batches in order.
-mnistbench's run must follow the same trajectory from the same initial weights.
+mnistbench's run must follow the same trajectory from the same initial weights (checked against
+network3's stated distributions) over the book's images read independently of mnistbench.
 """
 import pytest
 import torch
 import torch.nn.functional as F
+
+import protocol_oracle
 
 from mnistbench.models import create
 from mnistbench.recipes import get_recipe
@@ -55,9 +58,15 @@ def check_recipe_follows_network3(recipe_id, l2, data_dir):
     assert recipe.l2 == l2  # the published lmbda, scaled by network3's 1/num_training_batches
     initial = [p.detach().clone().requires_grad_() for p in create(recipe.arch, recipe.init, 3).state_dict().values()]
     layers = list(zip(initial[0::2], initial[1::2]))
+    protocol_oracle.check_init("network3", [(w.detach(), b.detach()) for w, b in layers])
+    # the book's first 500 training images as mnist.pkl.gz stores them (k/256), read here, so a
+    # wrong split or pixel scale in load_data cannot agree with the expected trajectory
+    raw = protocol_oracle.raw_mnist(str(data_dir))
+    book_x = torch.from_numpy(protocol_oracle.pixels(raw["train_x"][:500], "k/256")).double()
+    book_y = torch.from_numpy(raw["train_y"][:500].astype("int64"))
     data = load_data(recipe, data_dir)
     data.train_x, data.val_x, data.test_x = data.train_x.double(), data.val_x.double(), data.test_x.double()
-    expected = network3_sgd(layers, data.train_x, data.train_y, recipe.lr, ACTIVATIONS[recipe.arch.activation], l2)
+    expected = network3_sgd(layers, book_x, book_y, recipe.lr, ACTIVATIONS[recipe.arch.activation], l2)
 
     result = train(recipe, seed=3, data=data)
     got = list(result["final_model"].values())

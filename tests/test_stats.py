@@ -139,6 +139,8 @@ def test_verdicts_against_the_prediction_interval():
     assert judge(98.30) == "consistent"
     assert judge(98.31) == "above"  # 98.305 .. 98.315 lies wholly above 98.304144
     assert judge(98.3, half=0.05) == "consistent"  # printed with one decimal: 98.25 .. 98.35
+    # a printed value above the interval whose rounding range reaches into it: consistent
+    assert judge(98.31, half=0.01) == "consistent"  # 98.30 .. 98.32 overlaps 98.304144
     assert judge(97.70) == "consistent"
     assert judge(97.69) == "below"
     judgement = stats.judge(98.0, 98.0, 0.1, 5)
