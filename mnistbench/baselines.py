@@ -32,7 +32,7 @@ def svm(data: Splits) -> torch.Tensor:
     return torch.from_numpy(classifier.predict(data.test_x.flatten(1).cpu().numpy()))
 
 
-BASELINES = {"nielsen_ch1_darkness": average_darkness, "nielsen_ch1_svm": svm}
+BASELINES = {"nielsen_ch1_darkness": average_darkness, "nielsen_ch1_svm": svm}  # recipes.BASELINE_IDS
 
 
 def run_baseline(recipe, seed: int, data_dir=None) -> dict:

@@ -11,8 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-SIZE = 5  # the book votes five nets
-VOTE_RULE = "plurality of the members' final-epoch test predictions; ties go to the lowest digit"
+from .recipes import ENSEMBLE_SIZE as SIZE, ENSEMBLE_VOTE_RULE as VOTE_RULE
 
 
 def plurality_vote(predictions: list[str]) -> torch.Tensor:

@@ -219,8 +219,10 @@ def _start_tracking(study: str, recipe, seed: int, out: Path, device: str, check
 
 def _write(out: Path, result: dict, tracker, study: str | None, pipeline_check: bool) -> None:
     """The run folder, then the MLflow run; if logging fails, metrics.json records why (and stays)."""
+    from .train import save_state
+
     label_record(result, study, pipeline_check, tracker.run_id if tracker else None)
-    write_run(out, result)
+    write_run(out, result, save_state)
     if tracker is not None and not tracker.finish(result, out):
         result["mlflow_error"] = tracker.error or "MLflow run was not started"
         write_record(out / RECORD_FILE, result)

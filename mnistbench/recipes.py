@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
-from .baselines import BASELINES
 from .data import PIXEL_SCALINGS, SPLIT_SIZE
 from .models import Arch
 
@@ -153,6 +152,11 @@ _STRUCTURE: dict[str, tuple[str, Arch | None, dict]] = {
                                            dropout=0.5, dropout_style="inverted", dropout_from=1), {}),
 }
 _ENSEMBLES = {"nielsen_ch6_ensemble": "nielsen_ch6_dropout"}
+# The rows that train no network: baselines.BASELINES runs them (the same ids).
+BASELINE_IDS = ("nielsen_ch1_darkness", "nielsen_ch1_svm")
+# What an ensemble row votes (ensemble.py votes it; the card and the study's groups read it here).
+ENSEMBLE_SIZE = 5  # the book votes five nets
+ENSEMBLE_VOTE_RULE = "plurality of the members' final-epoch test predictions; ties go to the lowest digit"
 
 # Named variants: a published row trained under another reading of its source. Each replicates
 # the same published number and is reported beside the faithful recipe, never instead of it.
@@ -191,7 +195,7 @@ def _recipe(row: dict[str, str]) -> Recipe:
                   published_accuracy=float(row["published_accuracy_pct"]) if row["published_accuracy_pct"] else None,
                   printed_as=row["printed_as"], best_of=int(row["best_of"]),
                   best_chosen_by=row["best_chosen_by"])
-    if row["id"] in BASELINES:
+    if row["id"] in BASELINE_IDS:
         # The darkness baseline ("-" in the table) compares sums of pixels, which any scaling
         # leaves in the same order: it reads the book's data, as mnist_average_darkness.py does.
         return Recipe(kind="baseline", selection="final", notes=row["network"],
@@ -312,10 +316,8 @@ def protocol_fields(recipe: Recipe, weight_decays: list[float] | None = None) ->
                 ("pixels", PIXEL_SCALINGS.get(recipe.scaling, "not used")),
                 ("published number", "deterministic: one run")]
     if recipe.kind == "ensemble":
-        from .ensemble import SIZE, VOTE_RULE
-
         members = all_recipes()[recipe.members]
-        return [("method", recipe.notes), ("vote", f"{SIZE} nets: {VOTE_RULE}"),
+        return [("method", recipe.notes), ("vote", f"{ENSEMBLE_SIZE} nets: {ENSEMBLE_VOTE_RULE}"),
                 ("members", f"{members.id}: {members.protocol.describe()}"),
                 ("dropout masks", MASKS_TEXT[members.dropout_masks])] + (
                     [("variant", recipe.variant)] if recipe.variant else [])

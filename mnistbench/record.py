@@ -35,6 +35,11 @@ class RecordError(Exception):
     """A run record that cannot be read: the message names the file."""
 
 
+def experiment_name(study: str) -> str:
+    """The MLflow experiment of a study's runs (tracking.py logs them; the report links it)."""
+    return f"mnistbench/{study}"
+
+
 def lr_label(lr: float | str | None) -> str:
     """The learning rate as the run folder and the workflow's lr wildcard spell it (a label
     passes through unchanged)."""
@@ -243,14 +248,15 @@ def write_record(path: str | Path, record: dict) -> None:
 
 
 def write_run(out: str | Path, record: dict, save_weights: Callable[[Path, dict], None] | None = None) -> Path:
-    """A finished run's folder: model.pt (the record's "final_model", saved by save_weights,
-    train.save_state by default), then metrics.json, then the checkpoint goes. metrics.json
-    comes last: its presence means the run is complete (Snakemake's output). Returns its path."""
+    """A finished run's folder: model.pt (the record's "final_model", saved by save_weights:
+    train.save_state, passed in so that this module needs no torch), then metrics.json, then
+    the checkpoint goes. metrics.json comes last: its presence means the run is complete
+    (Snakemake's output). Returns its path."""
     out = Path(out)
     weights = record.pop("final_model", None)
     if weights is not None:
         if save_weights is None:
-            from .train import save_state as save_weights  # torch: only when there are weights
+            raise ValueError("write_run: a record with final_model needs save_weights (train.save_state)")
         save_weights(out / MODEL_FILE, weights)
     write_record(out / RECORD_FILE, record)
     (out / CHECKPOINT_FILE).unlink(missing_ok=True)

@@ -28,9 +28,8 @@ import pandas as pd
 
 from . import figures, stats
 from .aggregate import UNLEARNED_RECALL, missed_a_digit
-from .record import RECORD_FILE, RecordError, atomic_write, core_seconds, git, read_record
+from .record import RECORD_FILE, RecordError, atomic_write, core_seconds, experiment_name, git, read_record
 from .recipes import all_recipes, protocol_fields, published_selection_text, published_table
-from .tracking import experiment_name
 
 FIGURES_DIR = "figures"  # overview figures: published_vs_replicated, lr_sensitivity, protocol_comparison
 CURVES_DIR = "learning_curves"  # one <recipe>.png/.svg per trained recipe

@@ -13,8 +13,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from .ensemble import SIZE as ENSEMBLE_SIZE
-from .recipes import SPLIT_SIZE, all_recipes, planned_train_images
+from .recipes import ENSEMBLE_SIZE, SPLIT_SIZE, all_recipes, planned_train_images
 from .record import (CHECKPOINT_FILE, RecordError, core_seconds, find_records, is_finished, lr_label,
                      read_record, run_dir, run_threads)
 from .train import cpu_kind

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .record import RECORD_FILE, lr_label, parse_run_path, read_record, run_key
+from .record import RECORD_FILE, experiment_name, lr_label, parse_run_path, read_record, run_key
 
 RUN_KEY_TAG = "mnistbench.run_key"
 STUDY_KEY_TAG = "mnistbench.study_key"  # marks a study's parent run; its value is the study
@@ -55,10 +55,6 @@ FINAL_METRICS = ("selected_accuracy", "selected_epoch", "final_test_accuracy", "
 
 def warn(message: str) -> None:
     print(f"mnistbench: warning: {message}", file=sys.stderr, flush=True)
-
-
-def experiment_name(study: str) -> str:
-    return f"mnistbench/{study}"
 
 
 def study_of(metrics: dict, path: Path) -> str:

@@ -35,7 +35,7 @@ from mnistbench import batched, record, train as train_module
 from mnistbench.batched import GRAPH_WARMUP_STEPS, StackedRuns, train_batch
 from mnistbench.data import Splits
 from mnistbench.recipes import all_recipes, get_recipe
-from mnistbench.train import configure_cuda, load_data, resolve_config, train
+from mnistbench.train import configure_cuda, load_data, resolve_config, save_state, train
 
 NETWORKS = [r for r in all_recipes().values() if r.kind == "network"]
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -404,7 +404,7 @@ def test_every_saved_state_is_written_from_cpu_copies(data_dir, tmp_path, monkey
     monkeypatch.setattr(torch, "save", checked_save)
     recipe = get_recipe("tutorial_cnn_nll").with_overrides(train_subset=200, epochs=1)
     result = train(recipe, 1, checkpoint=tmp_path / "solo" / "checkpoint.pt")
-    record.write_run(tmp_path / "solo", result)
+    record.write_run(tmp_path / "solo", result, save_state)
     train_batch([(recipe, 1), (recipe, 2)], checkpoints=[tmp_path / "a.pt", tmp_path / "b.pt"])
     assert (tmp_path / "solo" / "model.pt").exists() and (tmp_path / "b.pt").exists()
 

@@ -32,3 +32,69 @@ def test_lint_finds_only_the_justified_findings(batch_runs):
     assert re.search(r"^Lints for rule train ", output, flags=re.MULTILINE), output[-3000:]  # parsed
     unexplained = sorted({f for f in findings if not any(re.fullmatch(j, f) for j in JUSTIFIED)})
     assert not unexplained, unexplained
+
+
+# --- the package's import structure ----------------------------------------------------------
+
+PACKAGE = ROOT / "mnistbench"
+# The core trains and records: it imports nothing that tracks, tables or reports.
+CORE = {"data", "models", "recipes", "train", "baselines", "record", "batched", "ensemble"}
+OUTER = {"tracking", "aggregate", "report", "figures", "study", "card", "cli", "jobs", "audit"}
+
+
+def package_imports(package: Path = PACKAGE) -> dict[str, set[str]]:
+    """module -> the package's modules it imports, at the top or inside a function (a lazy
+    import is a dependency all the same)."""
+    import ast
+
+    modules = {p.stem for p in package.glob("*.py")}
+    graph = {}
+    for path in package.glob("*.py"):
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom):
+                if node.level == 1 and node.module:  # from .x import y
+                    found.add(node.module.split(".")[0])
+                elif node.level == 1:  # from . import x, y
+                    found.update(a.name for a in node.names if a.name in modules)
+                elif node.module and node.module.startswith("mnistbench."):
+                    found.add(node.module.split(".")[1])
+                elif node.module == "mnistbench":
+                    found.update(a.name for a in node.names if a.name in modules)
+            elif isinstance(node, ast.Import):
+                found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("mnistbench."))
+        graph[path.stem] = (found & modules) - {"__init__", path.stem}
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every module that can reach itself, with the path back (one cycle per module)."""
+    cycles = []
+    for start in sorted(graph):
+        stack, seen = [(start, [start])], set()
+        while stack:
+            module, path = stack.pop()
+            for imported in sorted(graph.get(module, ())):
+                if imported == start:
+                    cycles.append(path + [start])
+                    stack = []
+                    break
+                if imported not in seen:
+                    seen.add(imported)
+                    stack.append((imported, path + [imported]))
+    return cycles
+
+
+def test_the_cycle_finder_finds_a_planted_cycle():
+    graph = package_imports()
+    graph["record"] = graph["record"] | {"train"}  # record.py importing train.save_state, as it did
+    assert ["record", "train", "record"] in import_cycles(graph)
+
+
+def test_no_import_cycle_among_the_package_modules():
+    assert import_cycles(package_imports()) == []
+
+
+def test_the_core_imports_no_tracking_tables_or_reporting():
+    graph = package_imports()
+    assert {module: graph[module] & OUTER for module in CORE if graph[module] & OUTER} == {}
