@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 from scipy import stats
 
+from .definitions import learn
 from .recipes import all_recipes
 from .record import RecordError, find_records, parse_run_path, read_record
 
@@ -124,7 +125,9 @@ class BrokenRunRecord(ValueError):
 
 def _read_row(path: Path) -> dict:
     try:
-        return run_row(path, read_record(path), _study_from_path(path))
+        metrics = read_record(path)
+        learn(metrics)  # a user-defined recipe, as its record carries it
+        return run_row(path, metrics, _study_from_path(path))
     except RecordError as err:
         raise BrokenRunRecord(str(err)) from None
     except KeyError as err:

@@ -86,10 +86,12 @@ def audit(path: str | Path, *, epochs: int | None = None, data_dir=None,
 
     import torch
 
+    from .definitions import learn
     from .recipes import get_recipe
     from .train import environment, planned_config, train
 
     record = read_record(path)
+    learn(record)  # a recipe of a study's config: its record carries it, no config needed
     recipe = get_recipe(record["recipe"])
     # the thread count decides how some kernels split their sums: train as the run trained
     torch.set_num_threads((record.get("environment") or {}).get("threads") or torch.get_num_threads())

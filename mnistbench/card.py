@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .recipes import FIELD_WORDING, all_recipes, get_recipe, protocol_fields, published_table
+from .recipes import FIELD_WORDING, all_recipes, get_recipe, protocol_fields, published_row
 from .record import RECORD_FILE, find_records, is_finished, read_record, run_dir
 
 RECIPES_DOC = Path("docs/recipes.md")
@@ -29,9 +29,10 @@ def _studies(config: dict | None, recipe_id: str) -> list[str]:
 def card(recipe_id: str, config: dict | None = None, results: str | Path = "results") -> list[tuple[str, str]]:
     """The card's fields, in order, as (name, text)."""
     recipe = get_recipe(recipe_id)
-    row = {r["id"]: r for r in published_table()}[recipe.published_id]
-    published = f"{row['published_accuracy_pct']}%" if row["published_accuracy_pct"] else "no number printed"
-    fields = [("published", f"{published}, {row['source']}, {row['chapter_or_section']}"
+    row = published_row(recipe)
+    published = (f"{row['published_accuracy_pct']}%" if row["published_accuracy_pct"] else
+                 "no claim in the config" if recipe.user_defined else "no number printed")
+    fields = [("published", ", ".join(filter(None, [published, row["source"], row["chapter_or_section"]]))
                             + ("" if recipe_id == recipe.published_id else f" (row {recipe.published_id})")),
               ("network", f"{row['network']} ({row['activation']})")]
     fields += protocol_fields(recipe)

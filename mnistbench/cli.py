@@ -78,17 +78,38 @@ def _workflow_config(path: str = "config/config.yaml") -> dict | None:
         return None
 
 
+def _define_recipes(configfile: str | None = None, define: str | None = None,
+                    config: dict | None = None) -> None:
+    """Register the recipes a study's config defines (its `recipes:`; docs/claims.md): of the
+    config file, of a --define JSON object (the workflow's), or of a config already read."""
+    from .definitions import DefinitionError, define as define_config, define_from_config, define_json
+
+    try:
+        if configfile:
+            define_from_config(configfile)
+        if define:
+            define_json(define)
+        if config:
+            define_config(config.get("recipes"))
+    except DefinitionError as err:
+        raise UsageError(str(err)) from None
+
+
 def cmd_recipes(args) -> None:
     from .recipes import UnknownRecipe, all_recipes
 
+    config = _workflow_config(args.configfile or "config/config.yaml")
+    if args.configfile and config is None:
+        raise UsageError(f"cannot read the config {args.configfile}")
+    _define_recipes(config=config)
     if args.recipe:
         from .card import card, render_card
 
         try:
             if args.json:
-                print(json.dumps(dict(card(args.recipe, _workflow_config())), indent=1))
+                print(json.dumps(dict(card(args.recipe, config)), indent=1))
             else:
-                print(render_card(args.recipe, _workflow_config()))
+                print(render_card(args.recipe, config))
         except UnknownRecipe as err:
             raise UsageError(str(err)) from None
         return
@@ -103,7 +124,8 @@ def cmd_recipes(args) -> None:
         else:
             what = f"{r.kind}: {r.notes}"
         selected = f"best of {r.best_of} by {r.best_chosen_by}" if r.best_of > 1 else "one run"
-        what = f"{what}; published: {selected}" + (f"; variant of {r.published_id}" if r.variant else "")
+        what = f"{what}; published: {selected}" + (f"; variant of {r.published_id}" if r.variant else "") + (
+            f"; user-defined, from {r.base}" if r.user_defined else "")
         rows.append((r.id, published, what))
     if args.json:
         print(json.dumps([{"id": i, "published_accuracy": p, "summary": w} for i, p, w in rows], indent=1))
@@ -137,9 +159,10 @@ def _job_options(args) -> dict:
 
 
 def _recipe(args):
-    """The recipe of --recipe."""
+    """The recipe of --recipe (after the recipes of --configfile and --define)."""
     from .recipes import UnknownRecipe, get_recipe
 
+    _define_recipes(getattr(args, "configfile", None), getattr(args, "define", None))
     try:
         return get_recipe(args.recipe)
     except UnknownRecipe as err:
@@ -287,6 +310,7 @@ def cmd_progress(args) -> None:
         spec = config["studies"][args.study]
     except (OSError, yaml.YAMLError, KeyError, TypeError) as err:
         raise UsageError(f"cannot read study {args.study!r} from {args.config} ({err})") from None
+    _define_recipes(config=config)
     results = args.results or config.get("results_dir", "results")
     p = progress(spec, args.study, results)
     if not args.quiet:
@@ -310,6 +334,7 @@ def cmd_progress(args) -> None:
 def cmd_audit(args) -> None:
     from .audit import audit
     from .data import DataError
+    from .definitions import DefinitionError
     from .record import RecordError
 
     failed = 0
@@ -317,7 +342,7 @@ def cmd_audit(args) -> None:
         try:  # an audit trains (or votes) again, so it meets the same bad input as `train`
             result = audit(path, epochs=args.epochs, data_dir=args.data_dir,
                            log=None if args.quiet else log)
-        except (RecordError, DataError) as err:
+        except (RecordError, DataError, DefinitionError) as err:
             raise UsageError(str(err)) from None
         print(result.summary(), flush=True)
         failed += not result.identical
@@ -344,6 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", nargs="?", metavar="ID", help="a recipe id: its card (published row, "
                    "protocol field by field, studies, where its outputs are)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--configfile", metavar="FILE", help="a study's config whose own recipes "
+                   "(its `recipes:`, docs/claims.md) are listed too (default: config/config.yaml)")
 
     p = sub.add_parser("docs", help="regenerate docs/recipes.md and the protocol wording of "
                        "docs/protocols.md (run from the project root)")
@@ -437,6 +464,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _training_options(p) -> None:
     """The options `train` and `train-batch` share (passed on by _job_options)."""
     p.add_argument("--recipe", required=True, help="recipe id (see 'mnistbench recipes')")
+    p.add_argument("--configfile", metavar="FILE", help="a study's config that defines --recipe "
+                   "in its `recipes:` (docs/claims.md)")
+    p.add_argument("--define", metavar="JSON", help="recipes of your own as a JSON object "
+                   "{id: definition}, as a config's `recipes:` (the workflow passes them so)")
     p.add_argument("--epochs", type=_positive(int), help="epochs (default: the recipe's)")
     p.add_argument("--train-subset", type=_positive(int), metavar="N",
                    help="train on the first N images of the split (before expansion)")

@@ -211,7 +211,8 @@ def _start_tracking(study: str, recipe, seed: int, out: Path, device: str, check
         params.update(asdict(planned_config(recipe, seed, resolve_device(device))), arch=asdict(recipe.arch))
     tags = {"recipe": recipe.id, "published_id": recipe.published_id, "seed": seed,
             "learning_rate": lr_label(lr), "protocol": recipe.protocol.family if recipe.protocol else "nielsen",
-            "pipeline_check": bool(pipeline_check), "device": device}
+            "pipeline_check": bool(pipeline_check), "device": device,
+            **({"user_defined": True} if recipe.user_defined else {})}
     resume = checkpoint_run_id(out / CHECKPOINT_FILE) if checkpoint else None
     tracker.start(params, tags, resume_run_id=resume)
     return tracker

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -100,11 +101,22 @@ class Recipe:
     printed_as: str = "rounded"  # "truncated": printed with %d, so "99" means 99.00-99.99
     members: str | None = None  # ensembles: the recipe whose runs vote
     notes: str = ""
+    # Recipes a study's config defines (definitions.py): the shipped recipe they change, and
+    # the definition as written (JSON), which their records carry.
+    user_defined: bool = False
+    base: str = ""
+    definition: str = ""
 
     def weight_decay(self, n_train: int) -> float:
         """The torch weight_decay equivalent of this recipe's L2 for n_train training images."""
         divisor = {"images": n_train, "none": 1, "batches": n_train // self.batch_size}
         return self.l2 / divisor[self.protocol.l2_divisor] if self.l2 else 0.0
+
+    def variant_of_base(self) -> str:
+        """A user-defined recipe's changes to its base, as its definition states them."""
+        changes = {k: v for k, v in json.loads(self.definition or "{}").items()
+                   if k not in ("base", "description", "claim")}
+        return ", ".join(f"{k} {v}" for k, v in changes.items()) or "no changes"
 
     def with_overrides(self, **changes) -> "Recipe":
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -221,14 +233,58 @@ def _recipe(row: dict[str, str]) -> Recipe:
 
 
 @cache
-def all_recipes() -> dict[str, Recipe]:
-    """Every recipe, keyed by its id: one per published row (its id is the row's), then the
-    named variants (their published_id is the row they replicate)."""
+def shipped_recipes() -> dict[str, Recipe]:
+    """The recipes of the package, keyed by id: one per published row (its id is the row's),
+    then the named variants (their published_id is the row they replicate)."""
     recipes = {row["id"]: _recipe(row) for row in published_table()}
     for variant_id, (base, description, changes) in VARIANTS.items():
         recipes[variant_id] = dataclasses.replace(recipes[base], id=variant_id, variant=description,
                                                   **changes)
     return recipes
+
+
+# The way in from outside: recipes defined in a study's config (definitions.define) or read
+# back from a run's record (definitions.learn), registered for this process.
+_REGISTERED: dict[str, Recipe] = {}
+
+
+def all_recipes() -> dict[str, Recipe]:
+    """Every recipe, keyed by its id: the shipped ones, then those registered in this process."""
+    return {**shipped_recipes(), **_REGISTERED}
+
+
+def register(recipe: Recipe) -> Recipe:
+    """Add a user-defined recipe to this process's registry (the same one again is a no-op)."""
+    if recipe.id in shipped_recipes():
+        raise ValueError(f"recipe {recipe.id!r}: the id of a shipped recipe; choose another id")
+    known = _REGISTERED.get(recipe.id)
+    if known is not None and known != recipe:
+        raise ValueError(f"recipe {recipe.id!r} is defined twice, differently (its definitions: "
+                         f"{known.definition} and {recipe.definition})")
+    _REGISTERED[recipe.id] = recipe
+    return recipe
+
+
+def recipe_record(recipe: Recipe) -> dict | None:
+    """What a run's metrics.json carries of a user-defined recipe ("user_recipe"): the
+    definition as written and the recipe it resolved to, before the run's own overrides (lr,
+    epochs, subset: its config records those), so that an audit needs no config. None for a
+    shipped recipe, whose record stays as it was."""
+    if not recipe.user_defined:
+        return None
+    defined = _REGISTERED.get(recipe.id, recipe)
+    resolved = dataclasses.asdict(defined)
+    definition = json.loads(resolved.pop("definition") or "{}")
+    return {"definition": definition, "resolved": resolved}
+
+
+def recipe_from_record(user_recipe: dict) -> Recipe:
+    """The recipe a record's "user_recipe" resolved to (recipe_record's inverse)."""
+    resolved = dict(user_recipe["resolved"])
+    arch = {k: tuple(v) if isinstance(v, list) else v for k, v in resolved.pop("arch").items()}
+    protocol = resolved.pop("protocol")
+    return Recipe(**resolved, arch=Arch(**arch), protocol=Protocol(**protocol),
+                  definition=json.dumps(user_recipe.get("definition") or {}, sort_keys=True))
 
 
 class UnknownRecipe(KeyError):
@@ -343,5 +399,38 @@ def protocol_fields(recipe: Recipe, weight_decays: list[float] | None = None) ->
         ("selection rule", SELECTION_TEXT[recipe.selection].format(split=recipe.selection_split)),
         ("dropout masks", MASKS_TEXT[recipe.dropout_masks]),
         ("test-time mode", TEST_MODE_TEXT[recipe.test_mode]),
-        ("published number", published_selection_text(recipe)),
-    ] + ([("variant", recipe.variant)] if recipe.variant else [])
+        ("published number", published_selection_text(recipe) if recipe.published_accuracy is not None
+         or not recipe.user_defined else "none: the config states no claim"),
+    ] + ([("variant", recipe.variant)] if recipe.variant else []) + (
+        [("user-defined", f"in the study's config: {recipe.base} with {recipe.variant_of_base()}")]
+        if recipe.user_defined else [])
+
+
+def network_text(arch: Arch) -> str:
+    """A network's layers in the published table's words: "conv20+pool | fc100 | out10"."""
+    layers = [f"conv{c}+pool" for c in arch.convs] + [f"fc{h}" for h in arch.hidden] + ["out10"]
+    dropout = f", dropout {arch.dropout:g} ({arch.dropout_style})" if arch.dropout else ""
+    return " | ".join(layers) + dropout
+
+
+def published_row(recipe: Recipe) -> dict[str, str]:
+    """The published table's row a recipe replicates; for a user-defined recipe its claim, in
+    the table's columns (no claim: no published number, as tutorial_cnn_nll)."""
+    if not recipe.user_defined:
+        return {row["id"]: row for row in published_table()}[recipe.published_id]
+    claim = json.loads(recipe.definition or "{}").get("claim") or {}
+    arch = recipe.arch
+    return {
+        "id": recipe.id, "source": recipe.source, "network": network_text(arch),
+        "chapter_or_section": f"user-defined in the study's config (base {recipe.base})",
+        "activation": arch.activation, "cost": recipe.loss, "lr": f"{recipe.lr:g}",
+        "momentum": f"{recipe.momentum:g}", "mini_batch": str(recipe.batch_size),
+        "epochs": str(recipe.epochs), "l2": f"{recipe.l2:g}", "dropout": f"{arch.dropout:g}",
+        "train_images": str(recipe.train_images), "reported_split": recipe.selection_split,
+        "selection": published_selection_text(recipe) if claim else "",
+        "published_accuracy_pct": str(claim.get("accuracy", "")), "pixels": recipe.scaling,
+        "best_of": str(recipe.best_of), "best_chosen_by": recipe.best_chosen_by,
+        "selection_rule": recipe.selection, "l2_value": f"{recipe.l2:g}",
+        "dropout_rate": f"{arch.dropout:g}", "dropout_masks": recipe.dropout_masks,
+        "test_mode": recipe.test_mode, "printed_as": recipe.printed_as,
+    }

@@ -130,9 +130,12 @@ def predictions_text(predictions) -> str | None:
 def network_record(recipe, config: dict, *, status: str, history: list[dict], selected: float | None,
                    selected_epoch: int | None, train_seconds: float, eval_seconds: float,
                    trained_images: int, test_predictions, test_recall_per_digit: list[float] | None,
-                   final_model: dict | None, extra_state: dict, environment: dict) -> dict:
+                   final_model: dict | None, extra_state: dict, environment: dict,
+                   user_recipe: dict | None = None) -> dict:
     """A trained network run's record (plus "final_model", which write_run saves as model.pt).
-    config: the resolved run configuration (train.RunConfig as a dict)."""
+    config: the resolved run configuration (train.RunConfig as a dict). user_recipe: a recipe
+    defined in a study's config, as recipes.recipe_record gives it (shipped recipes: None, and
+    their record has no such key)."""
     finite = [h for h in history if h.get("test_accuracy") is not None]
     return {
         "schema": SCHEMA,
@@ -152,6 +155,7 @@ def network_record(recipe, config: dict, *, status: str, history: list[dict], se
         "extra_state": extra_state,
         "environment": environment,
         "command": " ".join(sys.argv),
+        **({"user_recipe": user_recipe} if user_recipe else {}),
     }
 
 

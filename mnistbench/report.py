@@ -29,7 +29,9 @@ import pandas as pd
 from . import figures, stats
 from .aggregate import UNLEARNED_RECALL, missed_a_digit
 from .record import RECORD_FILE, RecordError, atomic_write, core_seconds, experiment_name, git, read_record
-from .recipes import all_recipes, protocol_fields, published_selection_text, published_table
+from .definitions import learn
+from .recipes import all_recipes, protocol_fields, published_selection_text
+from .recipes import published_row as published_row_of
 
 FIGURES_DIR = "figures"  # overview figures: published_vs_replicated, lr_sensitivity, protocol_comparison
 CURVES_DIR = "learning_curves"  # one <recipe>.png/.svg per trained recipe
@@ -100,6 +102,7 @@ def load_metrics(runs: pd.DataFrame, study_dir: Path) -> dict[int, dict]:
         try:
             loaded[index] = read_record(path)
             loaded[index]["_mtime"] = path.stat().st_mtime
+            learn(loaded[index])  # a user-defined recipe, as its record carries it
         except (OSError, RecordError) as err:
             raise ReportError(f"cannot read {path} (listed in runs.csv): {err}") from None
     return loaded
@@ -179,12 +182,11 @@ def judge_recipes(runs: pd.DataFrame, summary: pd.DataFrame, metrics: dict[int, 
                   pipeline_check: bool) -> list[dict]:
     """One row per recipe of the study (one per published number), from its runs at the
     published learning rate, in the order of the published table."""
-    table = {row["id"]: row for row in published_table()}
     recipes = all_recipes()
     rows = []
     for recipe_id in [r for r in recipes if r in set(summary["recipe"])]:
         recipe = recipes[recipe_id]
-        published_row = table[recipe.published_id]
+        published_row = published_row_of(recipe)
         lines = summary[summary["recipe"] == recipe_id]
         at_lr = lines[at_published_lr(lines)]
         line = at_lr.iloc[0].to_dict() if len(at_lr) else {}  # summary.csv's row, if any
@@ -242,6 +244,7 @@ def judge_recipes(runs: pd.DataFrame, summary: pd.DataFrame, metrics: dict[int, 
             "best_chosen_by": recipe.best_chosen_by, "variant": recipe.variant,
             "published_id": recipe.published_id, "printed_as": recipe.printed_as,
             "published_lr": member.lr, "runs": int(line.get("runs", 0)), "n": n,
+            "user_defined": recipe.user_defined,
             "diverged": int(line.get("diverged", 0)), "mean": mean, "sd": sd,
             "ci_low": _number(line.get("ci95_low")), "ci_high": _number(line.get("ci95_high")),
             "diff_pp": mean - published if published is not None else math.nan,

@@ -444,6 +444,7 @@ def run_tags(metrics: dict, key: str) -> dict[str, str]:
         "git_commit": env.get("git_commit"), "host": env.get("host") or socket.gethostname(),
         "device": env.get("device"), "device_name": env.get("device_name"),
         "pipeline_check": bool(metrics.get("pipeline_check")),
+        "user_defined": True if metrics.get("user_recipe") else None,  # a recipe of the study's config
         "mlflow.source.git.commit": env.get("git_commit"), NOTE: run_note(metrics),
     }
     if metrics.get("group") is not None:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from . import __version__
 from .data import Splits, make_splits
 from .models import Dropout, advance_dropout, create, decayed_parameters
-from .recipes import Recipe, planned_train_images
+from .recipes import Recipe, planned_train_images, recipe_record
 from .record import atomic_write, git, network_record
 
 EVAL_BATCH = 1000
@@ -491,4 +491,5 @@ def run_result(recipe: Recipe, cfg: RunConfig, run: RunProgress, *, final_model:
         trained_images=len(run.history) * steps * cfg.batch_size, test_predictions=run.test_predictions,
         test_recall_per_digit=None if run.test_predictions is None
         else recall_per_digit(run.test_predictions, test_labels),
-        final_model=final_model, extra_state=run.extra_state, environment=environment)
+        final_model=final_model, extra_state=run.extra_state, environment=environment,
+        user_recipe=recipe_record(recipe))

@@ -12,6 +12,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
+import mnistbench.definitions
 import mnistbench.study
 from mnistbench.data import MNIST_FILES
 from mnistbench.recipes import all_recipes
@@ -44,6 +45,18 @@ def validate_config():
 
 
 validate_config()
+
+
+def define_recipes():
+    """The study's own recipes (the config's `recipes:`, docs/claims.md): checked and registered
+    before the run list is built, so that a bad definition stops the workflow before any job."""
+    try:
+        mnistbench.definitions.define(config.get("recipes"))
+    except mnistbench.definitions.DefinitionError as err:
+        raise WorkflowError(f"config: {err}") from None
+
+
+define_recipes()
 
 # One GPU per training job when the jobs use a GPU, so that `--resources gpu=N` runs N of them
 # at a time rather than time-slicing one device among --cores processes (docs/workflow.md).
@@ -150,6 +163,9 @@ def run_options(study_name, recipe_id):
             options += ["--train-subset", min(study["train_subset"], recipe.train_subset or math.inf)]
     if study["pipeline_check"]:
         options.append("--pipeline-check")
+    definition = mnistbench.definitions.definition_json(recipe_id)
+    if definition:  # a recipe of the config: the job gets its definition (a change reruns its runs)
+        options += ["--define", shlex.quote(definition)]
     return " ".join(map(str, options))
 
 
