@@ -31,7 +31,7 @@ def card(recipe_id: str, config: dict | None = None, results: str | Path = "resu
     recipe = get_recipe(recipe_id)
     row = published_row(recipe)
     published = (f"{row['published_accuracy_pct']}%" if row["published_accuracy_pct"] else
-                 "no claim in the config" if recipe.user_defined else "no number printed")
+                 "no published number" if recipe.user_defined else "no number printed")
     fields = [("published", ", ".join(filter(None, [published, row["source"], row["chapter_or_section"]]))
                             + ("" if recipe_id == recipe.published_id else f" (row {recipe.published_id})")),
               ("network", f"{row['network']} ({row['activation']})")]

@@ -188,7 +188,7 @@ def resolve(recipe_id: str, spec) -> Recipe:
 def _claim(recipe_id: str, claim, changes: dict) -> dict:
     """The Recipe fields a claim sets; no claim: no published number, one run, as recorded."""
     if claim is None:
-        return dict(published_accuracy=None, source="", best_of=1,
+        return dict(published_accuracy=None, source="no claim in the config", best_of=1,
                     best_chosen_by="-", printed_as="rounded")
     if not isinstance(claim, dict):
         raise DefinitionError(f"recipe {recipe_id!r}: claim must be a mapping ({', '.join(CLAIM_FIELDS)})")
