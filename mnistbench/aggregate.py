@@ -170,6 +170,9 @@ def _summary_row(group: pd.DataFrame) -> dict:
     notes = []
     if group["pipeline_check"].any():
         notes.append(PIPELINE_CHECK_NOTE)
+    recipe = all_recipes().get(first["recipe"])
+    if recipe is not None and recipe.user_defined:  # a recipe of the study's config, not the package's
+        notes.append(f"user-defined in the study's config (base {recipe.base})")
     if (group["status"] == "not_enough_runs").any():
         notes += list(group.loc[group["status"] == "not_enough_runs", "note"].dropna().unique())
     elif len(finished) == 0:

@@ -118,6 +118,7 @@ def test_a_recipe_and_claim_of_ones_own_take_the_path_of_a_shipped_row(tmp_path,
     monkeypatch.setattr(recipes, "_REGISTERED", {})
     runs, summary = load_tables(study_dir)
     assert set(runs["kind"]) == {"network"} and set(runs["published_lr"]) == {3.0, 0.1}
+    assert summary["note"].str.contains("user-defined in the study's config").all()
     rows = {r["recipe"]: r for r in judge_recipes(runs, summary, load_metrics(runs, study_dir), False)}
     mine = rows["small_fc"]
     finished = runs[runs["recipe"] == "small_fc"]
