@@ -29,7 +29,7 @@ import re
 from pathlib import Path
 
 from .data import PIXEL_SCALINGS, SPLIT_SIZE
-from .models import ACTIVATIONS, MASK_POLICIES, Arch
+from .models import ACTIVATIONS
 from .recipes import (COSTS, INIT_TEXT, LOSS_TEXT, PROTOCOLS, Recipe, all_recipes, planned_train_images,
                       recipe_from_record, register, shipped_recipes)
 
@@ -131,7 +131,7 @@ def resolve(recipe_id: str, spec) -> Recipe:
             raise _unknown(recipe_id, "", name, [*TOP, *FIELDS])
     base_id = spec.get("base")
     shipped = shipped_recipes()
-    if base_id not in shipped:
+    if not isinstance(base_id, str) or base_id not in shipped:
         networks = [r.id for r in shipped.values() if r.kind == "network"]
         close = difflib.get_close_matches(str(base_id), networks, n=1)
         raise DefinitionError(f"recipe {recipe_id!r}: base {base_id!r} is not a shipped recipe"
@@ -146,8 +146,9 @@ def resolve(recipe_id: str, spec) -> Recipe:
     for name, value in spec.items():
         if name in FIELDS and not FIELDS[name][1](value):
             raise DefinitionError(f"recipe {recipe_id!r}: {name} must be {FIELDS[name][0]}, got {value!r}")
-    arch_changes = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items() if FIELDS.get(k, ("",) * 3)[2] == "arch"}
-    changes = {FIELDS[k][2]: v for k, v in spec.items() if k in FIELDS and FIELDS[k][2] != "arch"}
+    fields = {k: v for k, v in spec.items() if k in FIELDS}
+    arch_changes = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items() if FIELDS[k][2] == "arch"}
+    changes = {FIELDS[k][2]: v for k, v in fields.items() if FIELDS[k][2] != "arch"}
     if "protocol" in changes:  # a protocol brings its own initialisation unless init says otherwise
         changes["protocol"] = PROTOCOLS[changes["protocol"]]
         changes.setdefault("init", changes["protocol"].init)
@@ -178,8 +179,9 @@ def resolve(recipe_id: str, spec) -> Recipe:
     if recipe.train_subset is not None and recipe.train_subset > SPLIT_SIZE[split]:
         raise DefinitionError(f"recipe {recipe_id!r}: train_subset {recipe.train_subset} is more than "
                               f"the {SPLIT_SIZE[split]:,} training images of the {split} split")
-    if split == "official" and "validation" in (recipe.selection_split, recipe.best_chosen_by) or \
-            split == "official" and recipe.selection == "best_validation":
+    needs_validation = (recipe.selection == "best_validation" or "validation" in (recipe.selection_split,
+                                                                                 recipe.best_chosen_by))
+    if split == "official" and needs_validation:
         raise DefinitionError(f"recipe {recipe_id!r}: the {recipe.protocol.code} protocol has no "
                               f"validation set (official split); use a nielsen protocol or the test split")
     return dataclasses.replace(recipe, train_images=planned_train_images(recipe))
