@@ -98,3 +98,13 @@ def test_no_import_cycle_among_the_package_modules():
 def test_the_core_imports_no_tracking_tables_or_reporting():
     graph = package_imports()
     assert {module: graph[module] & OUTER for module in CORE if graph[module] & OUTER} == {}
+
+
+def test_the_baseline_rows_are_the_baselines_that_run():
+    """recipes.BASELINE_IDS (which rows train no network) and baselines.BASELINES (how each
+    runs) name the same rows: the registry needs no import of the runners to know them."""
+    from mnistbench.baselines import BASELINES
+    from mnistbench.recipes import BASELINE_IDS, shipped_recipes
+
+    kinds = {r.id for r in shipped_recipes().values() if r.kind == "baseline"}
+    assert set(BASELINES) == set(BASELINE_IDS) == kinds
