@@ -209,3 +209,21 @@ def test_the_workflow_stops_on_a_bad_definition_before_any_job(tmp_path, data_di
     assert result.returncode != 0
     assert message in result.stderr, result.stderr[-3000:]
     assert not (tmp_path / "results").exists() and not (tmp_path / "logs").exists()
+
+
+@pytest.mark.slow
+def test_the_workflow_hands_each_job_its_recipe_of_the_example_config(tmp_path):
+    """`snakemake --configfile config/examples/my_claims.yaml`: one training job per seed of each
+    recipe of the config, each with its definition as --define; a shipped recipe's job has none."""
+    result = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "workflow" / "Snakefile"),
+                             "--directory", str(tmp_path), "--configfile",
+                             str(ROOT / "config" / "examples" / "my_claims.yaml"), "--cores", "1",
+                             "--dry-run", "--printshellcmds"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    commands = [line for line in result.stdout.splitlines() if " -m mnistbench train " in line]
+    assert len(commands) == 4 and all("--define '{\"d" in c for c in commands)
+    define(yaml.safe_load((ROOT / "config" / "examples" / "my_claims.yaml").read_text())["recipes"])
+    for recipe_id in ("dbl_conv_relu_batch64", "dropout_inverted_articles"):
+        assert sum(f"--recipe {recipe_id} " in c for c in commands) == 2
+    assert definitions.definition_json("nielsen_ch1_fc30") is None  # shipped: command unchanged
