@@ -42,8 +42,11 @@ def test_fused_sgd_is_used_only_with_weight_decay_and_without_momentum():
     picks = {rid: sgd_implementation(planned_config(get_recipe(rid), 1, "cpu"))
              for rid in ("nielsen_ch6_double_fc1000", "seed_relu_extended", "nielsen_ch1_fc30",
                          "seed_final", "nielsen_ch6_dropout", "tutorial_cnn_nll")}
-    # momentum 0.9: the fused kernel rounds differently (benchmarks/sgd_update.py), so the tutorial
-    # keeps the path its records were trained with; no weight decay: nothing to gain.
+    # momentum 0.9: the fused kernel rounds differently (benchmarks/sgd_update.py), so a run with
+    # momentum keeps the foreach path, weight decay or not (no shipped recipe has both; a user's
+    # recipe may); no weight decay: nothing to gain.
+    with_both = get_recipe("tutorial_cnn_nll").with_overrides(l2=1e-4)
+    picks["tutorial_cnn_nll with L2"] = sgd_implementation(planned_config(with_both, 1, "cpu"))
     assert picks == {"nielsen_ch6_double_fc1000": "fused", "seed_relu_extended": "fused",
                      "nielsen_ch1_fc30": "foreach", "seed_final": "foreach", "nielsen_ch6_dropout": "foreach",
-                     "tutorial_cnn_nll": "foreach"}
+                     "tutorial_cnn_nll": "foreach", "tutorial_cnn_nll with L2": "foreach"}
