@@ -41,7 +41,7 @@ FAMILIES = {
     "nielsen_ch6_double_fc300": "network3, L2, two fc300",
     "nielsen_ch6_double_fc100": "network3, L2, two fc100",
     "nielsen_ch6_expanded_fc300": "network3, L2, fc300",
-    "nielsen_ch6_dropout": "network3, L2, shared-mask dropout",
+    "nielsen_ch6_dropout": "network3, no L2, shared-mask dropout",
     "nielsen_ch3_fc100_ce_l2": "network2, L2, shuffled dense",
     "nielsen_ch1_fc30": "network.py, no decay",
     "seed_relu_wd01": "articles, weight decay on all, shuffled",
