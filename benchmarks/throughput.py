@@ -250,6 +250,9 @@ def main() -> None:
     parser.add_argument("--gpu-images", type=int, default=50_000)
     parser.add_argument("--data-dir", help="MNIST root (default: $MNISTBENCH_DATA_DIR or ./data)")
     args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():  # a message, not a traceback
+        parser.exit(2, f"{parser.prog}: error: --device cuda, but torch {torch.__version__} sees no "
+                       f"CUDA device here; use --device cpu (or auto)\n")
     devices = [torch.device("cpu")] if args.device in ("auto", "cpu") else []
     if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()):
         devices.append(torch.device("cuda"))

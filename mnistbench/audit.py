@@ -15,6 +15,11 @@ from pathlib import Path
 from .record import RECORD_FILE, parse_run_path, read_record, run_dir
 
 TIMING = {"train_seconds", "images_per_second"}  # per-epoch keys that measure the machine
+# Quantities whose difference leaves a run's results as they were: a loss that adds in another
+# order by 5e-7 while every accuracy, the selection and every test prediction match.
+NUMERICAL = {"train_loss"}
+# `mnistbench audit` exit statuses (2 is bad input, as for every command)
+EXIT_IDENTICAL, EXIT_DIFFERENT, EXIT_NUMERICAL = 0, 1, 3
 
 
 @dataclass
@@ -28,6 +33,19 @@ class Audit:
     audited_on: str = ""
     compared: str = ""  # what was redone, when not epochs of training (an ensemble's vote)
 
+    matched: list[str] = field(default_factory=list)  # what was compared and is the same
+
+    @property
+    def numerical_only(self) -> bool:
+        """Different numbers, the same results: only a loss differs."""
+        return bool(self.differences) and not self.config_changes and set(self.differences) <= NUMERICAL
+
+    @property
+    def exit_status(self) -> int:
+        if self.identical:
+            return EXIT_IDENTICAL
+        return EXIT_NUMERICAL if self.numerical_only else EXIT_DIFFERENT
+
     def summary(self) -> str:
         where = f"recorded on {self.recorded_on}; audited on {self.audited_on}"
         scope = self.compared or f"over {self.epochs} epoch(s)"
@@ -38,7 +56,11 @@ class Audit:
         if self.identical:
             return f"{self.path}: bit-identical {scope} ({where})"
         diffs = ", ".join(f"{k} {v:.3g}" for k, v in self.differences.items())
-        return f"{self.path}: DIFFERS {scope}: largest differences {diffs} ({where})"
+        same = f"; the same {', '.join(self.matched)}" if self.matched else ""
+        if self.numerical_only:
+            return (f"{self.path}: NUMERICALLY DIFFERENT {scope}, same results: largest differences "
+                    f"{diffs}{same} ({where})")
+        return f"{self.path}: DIFFERS {scope}: largest differences {diffs}{same} ({where})"
 
 
 def _machine(environment: dict) -> str:
@@ -69,6 +91,20 @@ def compare(record: dict, again: dict, epochs: int) -> dict[str, float]:
                                                again.get("test_predictions") or ""))
             differences["test_predictions"] = flips
     return differences
+
+
+def matched(record: dict, again: dict, epochs: int, differences: dict) -> list[str]:
+    """What an audit compared and found the same, in words (the differences say the rest)."""
+    history = (record.get("history") or [])[:epochs]
+    keys = sorted({k for h in history for k in h} - TIMING - {"epoch"})
+    per_epoch = [k for k in keys if k not in differences]
+    same = [f"{', '.join(per_epoch)} in every epoch"] if per_epoch else []
+    if epochs and epochs == len(record.get("history") or []):
+        same += [k for k in ("status", "selected_accuracy", "selected_epoch", "final_test_accuracy")
+                 if k not in differences]
+        if "test_predictions" not in differences and record.get("test_predictions"):
+            same.append(f"{len(record['test_predictions']):,} test predictions")
+    return same
 
 
 def config_changes(record: dict, today: dict) -> dict[str, tuple]:
@@ -119,7 +155,8 @@ def audit(path: str | Path, *, epochs: int | None = None, data_dir=None,
     if epochs < recorded_epochs:  # a prefix: the history of the shorter run, nothing final
         again["history"] = again["history"][:epochs]
     differences = compare(record, again, epochs)
-    return Audit(str(path), epochs, not differences, differences, {}, recorded_on, here)
+    return Audit(str(path), epochs, not differences, differences, {}, recorded_on, here,
+                 matched=matched(record, again, epochs, differences))
 
 
 def _audit_ensemble(path, record, recipe, data_dir, recorded_on, here) -> Audit:

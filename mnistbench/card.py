@@ -34,7 +34,7 @@ def card(recipe_id: str, config: dict | None = None, results: str | Path = "resu
                  "no published number" if recipe.user_defined else "no number printed")
     fields = [("published", ", ".join(filter(None, [published, row["source"], row["chapter_or_section"]]))
                             + ("" if recipe_id == recipe.published_id else f" (row {recipe.published_id})")),
-              ("network", f"{row['network']} ({row['activation']})")]
+              ("network", f"{recipe.notes} ({row['activation']})")]  # a variant's own members
     fields += protocol_fields(recipe)
     studies = _studies(config, recipe_id)
     fields.append(("studies", "; ".join(studies) if studies else "none in the config"))

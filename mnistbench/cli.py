@@ -318,9 +318,13 @@ def cmd_progress(args) -> None:
         print(f"{'recipe':<{width}}  runs  at published lr (needed)  core-h done  core-h left")
         for r in p.rows:
             mark = "ok" if r["enough"] else "  "
+            needed = f"({r['needed']})" if r["reachable"] else "(-)*"
             print(f"{r['recipe']:<{width}}  {r['finished']:>2}/{r['planned']:<2} {mark} "
-                  f"{r['at_published_lr']:>6} ({r['needed']})            {r['core_hours']:>6.2f}"
+                  f"{r['at_published_lr']:>6} {needed:<4}            {r['core_hours']:>6.2f}"
                   f"       {r['core_hours_left']:>6.2f}")
+        if not all(r["reachable"] for r in p.rows):
+            print("* (-): the study plans fewer runs than a verdict needs; such a row is measured, "
+                  "not judged")
         order = priorities(spec, args.study, results)
         upcoming = [r for r in sorted(order, key=order.get, reverse=True)  # votes follow their members
                     if r.group is None and not r.path(args.study, results).exists()][:4]
@@ -337,7 +341,7 @@ def cmd_audit(args) -> None:
     from .definitions import DefinitionError
     from .record import RecordError
 
-    failed = 0
+    worst = 0  # the worst exit status of the records (audit.EXIT_*): different > numerical > same
     for path in args.records:
         try:  # an audit trains (or votes) again, so it meets the same bad input as `train`
             result = audit(path, epochs=args.epochs, data_dir=args.data_dir,
@@ -345,15 +349,62 @@ def cmd_audit(args) -> None:
         except (RecordError, DataError, DefinitionError) as err:
             raise UsageError(str(err)) from None
         print(result.summary(), flush=True)
-        failed += not result.identical
-    if failed:
-        raise SystemExit(1)
+        worst = max(worst, result.exit_status, key=lambda status: (status == 1, status))
+    if worst:
+        raise SystemExit(worst)
 
 
 COMMANDS = {"recipes": cmd_recipes, "train": cmd_train, "train-batch": cmd_train_batch, "download": cmd_download,
             "ensemble": cmd_ensemble, "aggregate": cmd_aggregate, "mlflow-sync": cmd_mlflow_sync,
             "report": cmd_report, "progress": cmd_progress, "audit": cmd_audit,
             "findings": cmd_findings, "docs": cmd_docs}
+
+
+# What each command does, reads, writes and costs: the top of its `--help` (the one-line `help`
+# of the command list says only what it does).
+DESCRIPTIONS = {
+    "recipes": "List every recipe with its published accuracy, or show one recipe's card. Reads "
+               "the package's recipe table, config/config.yaml and results/replication; writes "
+               "nothing; takes a second.",
+    "docs": "Regenerate docs/recipes.md and the protocol wording of docs/protocols.md from the "
+            "recipes. Rewrites those two git-tracked files (it prints which changed); run it "
+            "from the project root after changing a recipe. Takes a second; trains nothing.",
+    "train": "Train one run of a recipe and write DIR/metrics.json and DIR/model.pt "
+             "(DIR/checkpoint.pt after every epoch while it trains; an interrupted run resumes "
+             "from it). Reads MNIST (downloads it into ./data once). Costs the recipe's epochs: "
+             "from under a core-minute (the dense nets) to about 10 core-hours (the dropout "
+             "net); 'mnistbench recipes ID' shows a recipe's epochs and images. Uses one torch "
+             "thread by default (the fastest at these mini-batches when other work shares the CPU).",
+    "train-batch": "Train seeds x learning rates of one recipe together as one stacked model (fast "
+                   "on a GPU, slower than separate one-thread jobs on a CPU) and write each run's "
+                   "folder as 'train' does. Reads MNIST; costs what the runs cost together.",
+    "download": "Fetch MNIST into DATA_DIR/MNIST/raw (about 11 MB; or copy it from "
+                "$MNISTBENCH_MNIST_MIRROR) and check its md5 sums. Writes only there.",
+    "ensemble": "Plurality vote of trained runs' recorded test predictions; writes DIR/metrics.json. "
+                "Reads the members' metrics.json and the MNIST test labels; takes seconds.",
+    "aggregate": "Read every metrics.json of a study and write its tables: STUDY_DIR/runs.csv, "
+                 "runs.parquet and summary.csv (for results/replication, runs.csv and summary.csv "
+                 "are git-tracked). Takes seconds; trains nothing.",
+    "report": "Write a study's self-contained HTML report, OUT/index.html, with its figures, from "
+              "the study's tables and records. Trains nothing; takes about a minute. Where OUT "
+              "holds git-tracked files (reports/replication: README.md and the PNG figures), "
+              "they are left as they are unless --write-tracked is given.",
+    "mlflow-sync": "Replay metrics.json files into MLflow ($MLFLOW_TRACKING_URI, else ./mlflow.db) "
+                   "with their recorded start and end times, then log their studies' parent runs. "
+                   "Idempotent: only what is missing, unfinished or different there. Writes the "
+                   "MLflow store, and a replayed run's id into a record logged to this store "
+                   "before; about 3 s per run (11 minutes for the replication record).",
+    "findings": "Write the findings table of a study's record into the README, between its "
+                "findings markers. Rewrites README.md (git-tracked); takes seconds.",
+    "progress": "How far a study's record has come: published numbers with enough runs, runs "
+                "finished, core-hours done and an estimate of those left. Reads the config and "
+                "the study's records; writes nothing; takes seconds.",
+    "audit": "Train recorded runs again (or vote an ensemble again) and compare them with their "
+             "records. Costs what the runs cost (up to hours each: --epochs 1 for a quick "
+             "audit); writes nothing (no run folder, no MLflow). Exit status 0: bit-identical; "
+             "3: numerically different, same accuracies and predictions; 1: different results "
+             "or a stale record; 2: bad input.",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -364,7 +415,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mnistbench {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("recipes", help="list every recipe with its published accuracy, or show "
+    def add(name: str, **kwargs):
+        return sub.add_parser(name, description=DESCRIPTIONS[name], **kwargs)
+
+    p = add("recipes", help="list every recipe with its published accuracy, or show "
                        "one recipe's card")
     p.add_argument("recipe", nargs="?", metavar="ID", help="a recipe id: its card (published row, "
                    "protocol field by field, studies, where its outputs are)")
@@ -372,16 +426,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--configfile", metavar="FILE", help="a study's config whose own recipes "
                    "(its `recipes:`, docs/claims.md) are listed too (default: config/config.yaml)")
 
-    p = sub.add_parser("docs", help="regenerate docs/recipes.md and the protocol wording of "
+    p = add("docs", help="regenerate docs/recipes.md and the protocol wording of "
                        "docs/protocols.md (run from the project root)")
 
-    p = sub.add_parser("train", help="train one run of a recipe and write DIR/metrics.json")
+    p = add("train", help="train one run of a recipe and write DIR/metrics.json")
     p.add_argument("--seed", type=int, required=True, help="decides init, data order and dropout")
     p.add_argument("--lr", type=_positive(float), help="learning rate (default: the recipe's)")
     p.add_argument("--out", required=True, help="run folder for metrics.json, model.pt, checkpoint.pt")
     _training_options(p)
 
-    p = sub.add_parser("train-batch", help="train seeds x learning rates of one recipe together, as "
+    p = add("train-batch", help="train seeds x learning rates of one recipe together, as "
                        "one stacked model (fast on a GPU); one run folder each, as 'train' writes")
     p.add_argument("--seeds", type=int, nargs="+", required=True, metavar="SEED", help="one run per seed...")
     p.add_argument("--lrs", type=_lr_label, nargs="+", metavar="LR",
@@ -393,11 +447,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="on a GPU, launch every kernel instead of replaying a captured step")
     _training_options(p)
 
-    p = sub.add_parser("download", help="fetch MNIST once (or copy it from $MNISTBENCH_MNIST_MIRROR) "
+    p = add("download", help="fetch MNIST once (or copy it from $MNISTBENCH_MNIST_MIRROR) "
                        "and check its md5 sums")
     p.add_argument("--data-dir", help="MNIST root (default: $MNISTBENCH_DATA_DIR or ./data)")
 
-    p = sub.add_parser("ensemble", help="plurality vote of trained runs' test predictions "
+    p = add("ensemble", help="plurality vote of trained runs' test predictions "
                        "(nielsen_ch6_ensemble) -> DIR/metrics.json")
     p.add_argument("members", nargs="+", metavar="METRICS_JSON", help="the member runs' metrics.json")
     p.add_argument("--recipe", default="nielsen_ch6_ensemble", help="the ensemble recipe")
@@ -406,14 +460,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for metrics.json")
     _tracking_options(p)
 
-    p = sub.add_parser("aggregate", help="tables of a study: runs.csv, runs.parquet, summary.csv")
+    p = add("aggregate", help="tables of a study: runs.csv, runs.parquet, summary.csv")
     p.add_argument("study_dir", help="results/<study>: the tables are written here")
     p.add_argument("runs", nargs="*", metavar="METRICS_JSON",
                    help="the runs to include (default: every metrics.json below STUDY_DIR/runs)")
     p.add_argument("--pipeline-check", action="store_true",
                    help="mark every row as a pipeline check, not a replication")
 
-    p = sub.add_parser("report", help="the replication report of a study: OUT/index.html (self-"
+    p = add("report", help="the replication report of a study: OUT/index.html (self-"
                        "contained) and its figures as PNG and SVG")
     p.add_argument("--study-dir", required=True, help="results/<study>, with runs.csv and summary.csv")
     p.add_argument("--out", help="folder for index.html and the figures (default: reports/<study>)")
@@ -426,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also log the study to MLflow: its parent run holds the tables, verdicts and "
                         "this report; runs missing from MLflow are replayed from their metrics.json")
 
-    p = sub.add_parser("mlflow-sync", help="replay metrics.json files into MLflow, then log their "
+    p = add("mlflow-sync", help="replay metrics.json files into MLflow, then log their "
                        "studies' parent runs (idempotent: only what is missing, unfinished or "
                        "different there)")
     p.add_argument("paths", nargs="*", default=["results"], metavar="PATH",
@@ -439,19 +493,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="workflow config whose studies.<study> settings the parent run records "
                         "(default: config/config.yaml, if it exists)")
 
-    p = sub.add_parser("findings", help="write the findings table of a study's record into the "
+    p = add("findings", help="write the findings table of a study's record into the "
                        "README (between its findings markers)")
     p.add_argument("--study-dir", default="results/replication", help="default: results/replication")
     p.add_argument("--readme", default="README.md", help="default: README.md")
 
-    p = sub.add_parser("progress", help="how far a study's record has come: published numbers with "
+    p = add("progress", help="how far a study's record has come: published numbers with "
                        "enough runs, core-hours done and left")
     p.add_argument("--study", default="replication", help="the study (default: replication)")
     p.add_argument("--config", default="config/config.yaml", help="the workflow config")
     p.add_argument("--results", help="results folder (default: the config's results_dir)")
     p.add_argument("--quiet", action="store_true", help="only the summary line")
 
-    p = sub.add_parser("audit", help="train recorded runs again and compare them with their "
+    p = add("audit", help="train recorded runs again and compare them with their "
                        "records (exit status 1 if any differs)")
     p.add_argument("records", nargs="+", metavar="METRICS_JSON", help="recorded runs' metrics.json")
     p.add_argument("--epochs", type=_positive(int),

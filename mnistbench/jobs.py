@@ -26,6 +26,33 @@ from .record import (CHECKPOINT_FILE, RECORD_FILE, check_writable, label_record,
 
 Log = Callable[[str], None] | None
 
+# The most mini-batch size at which one torch thread is the measured-fastest default. At the
+# book's mini-batch of 10 a second thread buys little even on an idle machine, and with another
+# process busy on one of two cores it costs up to 10x: one epoch of the basic conv on 5,000
+# images took 58 s on torch's default of a thread per core and 5.9 s on one (docs/performance.md,
+# "Threads of a single run"). Every recipe trains at mini-batch 10, 50 or 100.
+ONE_THREAD_UP_TO_BATCH = 100
+
+
+def default_threads(batch_size: int | None) -> int | None:
+    """The torch threads of a single run not told otherwise (--threads): 1 for the mini-batches
+    of this project's recipes, torch's default (None) above them."""
+    return 1 if batch_size is None or batch_size <= ONE_THREAD_UP_TO_BATCH else None
+
+
+def _set_threads(threads: int | None, batch_size: int | None, log: Log) -> None:
+    """Set torch's threads (the given count, else the default for the mini-batch) and say which."""
+    import torch
+
+    chosen = threads or default_threads(batch_size)
+    if chosen:
+        torch.set_num_threads(chosen)
+    if log:
+        why = "as asked with --threads" if threads else (
+            f"the default at mini-batch {batch_size}, the fastest when other work shares the CPU; "
+            f"--threads N to change" if chosen else "torch's default: one per core")
+        log(f"torch threads: {torch.get_num_threads()} ({why})")
+
 
 def train_into(recipe, seed: int, out: str | Path, *, lr: float | None = None, epochs: int | None = None,
                train_subset: int | None = None, device: str = "auto", threads: int | None = None,
@@ -34,10 +61,9 @@ def train_into(recipe, seed: int, out: str | Path, *, lr: float | None = None, e
     """Train one run of a recipe (a network or a baseline) into run folder `out`; its record.
 
     lr, epochs, train_subset override the recipe's (networks only). checkpoint: save one after
-    every epoch and resume from it. study, pipeline_check: recorded in metrics.json.
+    every epoch and resume from it. study, pipeline_check: recorded in metrics.json. threads:
+    torch's CPU threads (default: default_threads of the mini-batch).
     """
-    import torch
-
     from .baselines import run_baseline
     from .train import train
 
@@ -47,11 +73,10 @@ def train_into(recipe, seed: int, out: str | Path, *, lr: float | None = None, e
                          f"then use 'mnistbench ensemble'")
     out = Path(out)
     check_writable(out)
-    if threads:
-        torch.set_num_threads(threads)
-    started = time.time()
     if recipe.kind == "network":
         recipe = recipe.with_overrides(lr=lr, epochs=epochs, train_subset=train_subset)
+    _set_threads(threads, recipe.batch_size if recipe.kind == "network" else None, log)
+    started = time.time()
     trackers = [_start_tracking(study, recipe, seed, out, device, checkpoint, pipeline_check) if mlflow else None]
     with _ending(trackers):
         if recipe.kind == "baseline":
@@ -81,8 +106,6 @@ def train_batch_into(recipe, seeds: Sequence[int], out_pattern: str, *, lrs: Seq
     into its run folder: out_pattern with {recipe}, {lr} and {seed} filled in. lrs: learning
     rates, as they name the folders (default: the recipe's). graphs: CUDA graphs (None: on a GPU).
     """
-    import torch
-
     from .batched import train_batch
 
     _check_tracking(mlflow, study)
@@ -109,8 +132,7 @@ def train_batch_into(recipe, seeds: Sequence[int], out_pattern: str, *, lrs: Seq
                                  f"{{seed}} can be filled in ({type(err).__name__}: {err})") from None
     for out in outs:
         check_writable(out)
-    if threads:
-        torch.set_num_threads(threads)
+    _set_threads(threads, base.batch_size, log)
     started = time.time()
     trackers = []
     with _ending(trackers):

@@ -183,7 +183,8 @@ VARIANTS: dict[str, tuple[str, str, dict]] = {
         "one stream among all runs)", dict(dropout_masks="independent")),
     "nielsen_ch6_ensemble_independent_masks": (
         "nielsen_ch6_ensemble", "a vote of nielsen_ch6_dropout_independent_masks runs",
-        dict(members="nielsen_ch6_dropout_independent_masks", dropout_masks="independent")),
+        dict(members="nielsen_ch6_dropout_independent_masks", dropout_masks="independent",
+             notes="5 x nielsen_ch6_dropout_independent_masks; plurality vote")),
     # The book's 60-epoch run continues an interpreter session that had called
     # large_weight_initializer(); the default initialiser is introduced later in chapter 3.
     "nielsen_ch3_fc100_ce_l2_60ep_large_init": (

@@ -197,10 +197,11 @@ def progress(spec: dict, study: str, results: str | Path = "results") -> Progres
             one_run = planned_images(recipe, spec) / rate * 1.1  # + evaluation, ~10%
         left = missing * one_run
         need = runs_needed(recipe)
+        reachable = sum(at_published_lr(r, recipe) for r in mine) >= need  # as the study is configured
         rows.append({"recipe": recipe_id, "published_id": recipe.published_id,
                      "variant": bool(recipe.variant), "planned": len(mine),
                      "finished": len(finished), "at_published_lr": len(at_published),
-                     "needed": need, "enough": len(at_published) >= need,
+                     "needed": need, "reachable": reachable, "enough": len(at_published) >= need,
                      "core_hours": seconds / 3600, "core_hours_left": left / 3600,
                      "run_hours": one_run / 3600})
         done_seconds += seconds

@@ -311,3 +311,47 @@ def test_findings_of_a_mistyped_study_folder_leave_the_readme_alone(tmp_path):
 def test_docs_outside_the_project_root(tmp_path):
     assert_one_line_error(mnistbench("docs", cwd=tmp_path), "from the project root")
     assert not list(tmp_path.iterdir())
+
+
+def test_every_command_says_in_its_help_what_it_does_reads_writes_and_costs():
+    from mnistbench.cli import COMMANDS, DESCRIPTIONS, build_parser
+
+    assert set(DESCRIPTIONS) == set(COMMANDS)
+    for command in COMMANDS:
+        # compared without whitespace: argparse rewraps the text (and breaks after hyphens)
+        text = "".join(build_parser()._subparsers._group_actions[0].choices[command].format_help().split())
+        assert "".join(DESCRIPTIONS[command].split()) in text, command
+    assert "exit status 0" in DESCRIPTIONS["audit"].lower() and "3: numerically different" in DESCRIPTIONS["audit"]
+
+
+def test_the_independent_masks_ensemble_names_its_own_members():
+    from mnistbench.card import render_card
+
+    card = render_card("nielsen_ch6_ensemble_independent_masks")
+    assert "5 x nielsen_ch6_dropout_independent_masks" in card
+    assert "5 x nielsen_ch6_dropout;" not in card and "5 x nielsen_ch6_dropout " not in card
+    listing = mnistbench("recipes").stdout
+    line = next(l for l in listing.splitlines() if l.startswith("nielsen_ch6_ensemble_independent_masks"))
+    assert "5 x nielsen_ch6_dropout_independent_masks" in line
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_throughput_benchmark_without_a_gpu_says_so():
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
+    done = subprocess.run([sys.executable, str(script), "--device", "cuda"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "no CUDA device" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_single_run_defaults_to_one_thread_and_says_so(data_dir, tmp_path):
+    """At mini-batch 10 a second thread costs up to 10x when another process is busy."""
+    args = ["--epochs", "1", "--train-subset", "100", "--device", "cpu"]
+    done = mnistbench("train", "--recipe", "nielsen_ch1_fc30", "--seed", "1", *args,
+                      "--data-dir", str(data_dir), "--out", str(tmp_path / "run"))
+    assert done.returncode == 0, done.stderr
+    assert "torch threads: 1 (the default at mini-batch 10" in done.stderr
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["environment"]["threads"] == 1
+    done = mnistbench("train", "--recipe", "nielsen_ch1_fc30", "--seed", "1", *args, "--threads", "2",
+                      "--data-dir", str(data_dir), "--out", str(tmp_path / "two"))
+    assert "torch threads: 2 (as asked with --threads)" in done.stderr
