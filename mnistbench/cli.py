@@ -10,8 +10,11 @@ import argparse
 import json
 import math
 import os
+import shutil
 import signal
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 
@@ -251,16 +254,40 @@ def cmd_report(args) -> None:
     if not study_dir.is_dir():
         raise UsageError(f"no such study folder: {study_dir}")
     out = Path(args.out) if args.out else Path("reports") / study_dir.name
+    tracked = [] if args.write_tracked else tracked_files(out)
+    with tempfile.TemporaryDirectory(prefix="mnistbench-report-") as scratch:
+        # Files git tracks in OUT (the replication record's page and figures) are rewritten
+        # only when asked: otherwise the report is built aside and only what git does not
+        # track is copied into OUT.
+        build_dir = Path(scratch, out.name) if tracked else out
+        try:
+            config = study_config(study_dir.name, args.config, args.study_config)
+            _check_writable(out)
+            html = build_report(study_dir, build_dir, config)
+        except ReportError as err:
+            raise UsageError(str(err)) from None
+        if tracked:
+            html = out / html.name
+            shutil.copyfile(build_dir / html.name, html)
+            log(f"left {len(tracked)} git-tracked files in {out} as they are ({', '.join(tracked[:2])}"
+                f"{', ...' if len(tracked) > 2 else ''}); --write-tracked rewrites them")
+        log(f"report of study {study_dir.name}: " + ("its figures are inside the page" if tracked
+                                                     else f"figures in {out}") + ", the page is")
+        print(html.resolve())
+        if args.mlflow:
+            _log_study_to_mlflow(study_dir, build_dir, config)
+
+
+def tracked_files(folder: Path) -> list[str]:
+    """The files git tracks in `folder` (none outside a git checkout, or if it does not exist)."""
+    if not folder.is_dir():
+        return []
     try:
-        config = study_config(study_dir.name, args.config, args.study_config)
-        _check_writable(out)
-        html = build_report(study_dir, out, config)
-    except ReportError as err:
-        raise UsageError(str(err)) from None
-    log(f"report of study {study_dir.name}: figures in {out}, the page is")
-    print(html.resolve())
-    if args.mlflow:
-        _log_study_to_mlflow(study_dir, out, config)
+        done = subprocess.run(["git", "ls-files", "."], cwd=folder, capture_output=True, text=True,
+                              timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return done.stdout.split() if done.returncode == 0 else []
 
 
 def _log_study_to_mlflow(study_dir: Path, report_dir: Path, config: dict | None) -> None:
@@ -479,6 +506,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mlflow", action="store_true",
                    help="also log the study to MLflow: its parent run holds the tables, verdicts and "
                         "this report; runs missing from MLflow are replayed from their metrics.json")
+    p.add_argument("--write-tracked", action="store_true",
+                   help="also rewrite the files git tracks in OUT (reports/replication: README.md "
+                        "and the PNG figures), as when regenerating the record; without it they stay")
 
     p = add("mlflow-sync", help="replay metrics.json files into MLflow, then log their "
                        "studies' parent runs (idempotent: only what is missing, unfinished or "

@@ -79,6 +79,30 @@ def test_report_files(tiny_report):
         assert f"[{row['ci95_low']:.2f}, {row['ci95_high']:.2f}]" in html
 
 
+def test_report_rewrites_git_tracked_files_only_when_asked(tiny_report, tmp_path):
+    """`mnistbench report --study-dir results/replication` must not rewrite the tracked page
+    and figures of the record; --write-tracked does (the workflow's report step passes it)."""
+    study_dir, _ = tiny_report
+    out = tmp_path / "reports" / "tiny"
+    out.mkdir(parents=True)
+    (out / "README.md").write_text("the tracked page\n")
+    git = lambda *args: subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+    git("init", "-q")
+    git("add", "reports/tiny/README.md")
+    old = os.umask(0o022)
+    try:
+        assert main(["report", "--study-dir", str(study_dir), "--out", str(out)]) == 0
+        assert (out / "README.md").read_text() == "the tracked page\n"
+        assert not (out / "figures").exists()  # built aside: only the untracked page comes over
+        assert (out / "index.html").is_file()
+        assert main(["report", "--study-dir", str(study_dir), "--out", str(out), "--write-tracked"]) == 0
+    finally:
+        os.umask(old)
+    assert (out / "README.md").read_text() != "the tracked page\n" and (out / "figures").is_dir()
+    for name in ("README.md", "index.html"):  # readable by others, as open() makes a file
+        assert (out / name).stat().st_mode & 0o777 == 0o644, name
+
+
 def test_runs_that_changed_the_recipe_get_no_verdict(tiny_report):
     # judged as if it were not a pipeline check: 1 epoch on 500 images is not the published recipe
     study_dir, _ = tiny_report

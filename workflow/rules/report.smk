@@ -4,6 +4,9 @@
 # verdicts, this report) and brings every run of the study under it; runs missing from MLflow
 # are replayed from their metrics.json first, so a fresh clone of a record trained elsewhere
 # fills MLflow without training. It writes nothing else: the records are its inputs.
+# Snakemake empties the figure folders before the step, so it regenerates the tracked page and
+# figures of the replication record too (--write-tracked): `snakemake ... study=replication` is
+# how the record is brought up to date.
 
 import json
 from pathlib import Path
@@ -38,7 +41,7 @@ rule report:
     resources:
         mem_mb=2000,
     shell:
-        "{MNISTBENCH} report --study-dir {params.study_dir:q} --out {params.out:q} "
+        "{MNISTBENCH} report --study-dir {params.study_dir:q} --out {params.out:q} --write-tracked "
         "--study-config {params.study_config:q} {TRACKING} > {log:q} 2>&1"
 
 
