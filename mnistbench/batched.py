@@ -321,6 +321,7 @@ def train_batch(runs: Sequence[tuple[Recipe, int]], *, device: str = "cpu", data
     for cfg, path, extra in zip(cfgs, checkpoints, extra_states or [None] * len(runs)):
         state = load_checkpoint(path, cfg, TRAINER) if path else None
         progress.append(RunProgress.restore(state, extra or {}) if state else RunProgress(extra_state=dict(extra or {})))
+        progress[-1].begin_stretch(device)
     first = cfgs[0]
     todo = [i for i, p in enumerate(progress) if p.status != "diverged" and len(p.history) < first.epochs]
     stacks = []

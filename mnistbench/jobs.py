@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .record import (CHECKPOINT_FILE, RECORD_FILE, check_writable, label_record, lr_label, run_key,
-                     write_record, write_run)
+                     total_wall_seconds, write_record, write_run)
 
 Log = Callable[[str], None] | None
 
@@ -89,7 +89,7 @@ def train_into(recipe, seed: int, out: str | Path, *, lr: float | None = None, e
                            checkpoint=out / CHECKPOINT_FILE if checkpoint else None, log=log,
                            extra_state={"mlflow_run_id": tracker.run_id} if tracker and tracker.run_id else None,
                            on_epoch=tracker.log_epoch if tracker else None)
-    result["wall_seconds"] = round(time.time() - started, 3)
+    _end_stretches(result, started)
     _write(out, result, trackers[0], study, pipeline_check)
     if log:
         log(f"{result['status']}: selected accuracy {result['selected_accuracy']}% "
@@ -144,9 +144,8 @@ def train_batch_into(recipe, seeds: Sequence[int], out_pattern: str, *, lrs: Seq
                               checkpoints=[out / CHECKPOINT_FILE for out in outs] if checkpoint else None,
                               extra_states=[{"mlflow_run_id": t.run_id} if t and t.run_id else None
                                             for t in trackers])
-    wall_seconds = round(time.time() - started, 3)
     for result, tracker, out in zip(results, trackers, outs):
-        result["wall_seconds"] = wall_seconds  # of the whole batch: the runs shared it
+        _end_stretches(result, started)  # this stretch: the whole batch's, the runs shared it
         _write(out, result, tracker, study, pipeline_check)
         if log:
             log(f"{result['status']}: lr {result['lr']:g} seed {result['seed']} selected accuracy "
@@ -199,6 +198,17 @@ def vote_into(recipe, members: Sequence[str | Path], out: str | Path, *, group: 
             + (f"{result['selected_accuracy']}%" if result["status"] == "finished" else result["status"])
             + f" (published {recipe.published_accuracy}%) -> {out / RECORD_FILE}")
     return result
+
+
+def _end_stretches(result: dict, started: float) -> None:
+    """The job's stretch spans the whole job (loading data, writing the record too); the run's
+    wall time adds up its stretches."""
+    stretches = result.get("stretches")
+    this = round(time.time() - started, 3)
+    if stretches:
+        stretches[-1].update(started_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+                             ended_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), wall_seconds=this)
+    result["wall_seconds"] = total_wall_seconds(stretches, this) if stretches else this
 
 
 def _check_tracking(mlflow: bool, study: str | None) -> None:

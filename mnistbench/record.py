@@ -107,6 +107,28 @@ def core_seconds(record: dict) -> float:
     return seconds * run_threads(record)
 
 
+# A stretch: one process that trained a run, from its start or resumption to its end (or, for a
+# process that was killed, its last checkpoint). Its keys: first_epoch, last_epoch, started_at,
+# ended_at (UTC, ISO 8601), wall_seconds, and train.STRETCH_KEYS (git_commit, git_dirty, host,
+# cpu_model, cpu_kind, threads, torch, device). A run's wall_seconds is the sum of its stretches'.
+WALL_ALL_STRETCHES = "all stretches"
+WALL_LAST_STRETCH = "last stretch only"  # records made before 2026-12-06 (no "stretches" key)
+
+
+def wall_provenance(record: dict) -> str:
+    """What a record's wall_seconds covers. Records made before stretches were recorded give the
+    wall time of the process that finished them only: for a run resumed from a checkpoint that
+    is its last stretch, which can be shorter than its training time. Derived when reading; the
+    old records' numbers are not rewritten. A baseline and a vote run in one process, unresumed."""
+    one_process = record.get("group") is not None or (record.get("config") or {}).get("kind") == "baseline"
+    return WALL_ALL_STRETCHES if "stretches" in record or one_process else WALL_LAST_STRETCH
+
+
+def total_wall_seconds(stretches: list[dict], this_stretch: float) -> float:
+    """A run's wall time: its earlier stretches' (as their checkpoints saved them) plus this one's."""
+    return round(sum(s.get("wall_seconds") or 0.0 for s in stretches[:-1]) + this_stretch, 3)
+
+
 def git(*args: str) -> str | None:
     """What `git ARGS` prints about the checkout the package runs from (None outside one): the
     commit a run or a report was made with, and whether the code had uncommitted changes."""
@@ -131,11 +153,12 @@ def network_record(recipe, config: dict, *, status: str, history: list[dict], se
                    selected_epoch: int | None, train_seconds: float, eval_seconds: float,
                    trained_images: int, test_predictions, test_recall_per_digit: list[float] | None,
                    final_model: dict | None, extra_state: dict, environment: dict,
-                   user_recipe: dict | None = None) -> dict:
+                   user_recipe: dict | None = None, stretches: list[dict] | None = None) -> dict:
     """A trained network run's record (plus "final_model", which write_run saves as model.pt).
     config: the resolved run configuration (train.RunConfig as a dict). user_recipe: a recipe
     defined in a study's config, as recipes.recipe_record gives it (shipped recipes: None, and
-    their record has no such key)."""
+    their record has no such key). stretches: one entry per process that trained it (see
+    WALL_ALL_STRETCHES)."""
     finite = [h for h in history if h.get("test_accuracy") is not None]
     return {
         "schema": SCHEMA,
@@ -154,6 +177,7 @@ def network_record(recipe, config: dict, *, status: str, history: list[dict], se
         "final_model": final_model,
         "extra_state": extra_state,
         "environment": environment,
+        "stretches": stretches or [],
         "command": " ".join(sys.argv),
         **({"user_recipe": user_recipe} if user_recipe else {}),
     }

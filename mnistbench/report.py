@@ -28,7 +28,8 @@ import pandas as pd
 
 from . import figures, stats
 from .aggregate import UNLEARNED_RECALL, missed_a_digit
-from .record import RECORD_FILE, RecordError, atomic_write, core_seconds, experiment_name, git, read_record
+from .record import (RECORD_FILE, WALL_LAST_STRETCH, RecordError, atomic_write, core_seconds, experiment_name,
+                     git, read_record, wall_provenance)
 from .definitions import learn
 from .recipes import all_recipes, protocol_fields, published_selection_text
 from .recipes import published_row as published_row_of
@@ -336,7 +337,7 @@ def provenance(runs: pd.DataFrame, metrics: dict[int, dict], study_config: dict 
         return sorted({str(e[key]) for e in environments if e.get(key) is not None})
 
     trained = runs[runs["kind"] != "ensemble"]  # an ensemble's train_seconds is its members' sum
-    wall = trained["wall_seconds"].dropna()
+    wall, partial, short = run_walls(trained, metrics)
     # when each run finished: its own record says so (a clone's file times say when it was checked out)
     times = [datetime.datetime.strptime(m["environment"]["finished_at"], "%Y-%m-%dT%H:%M:%SZ")
              .replace(tzinfo=datetime.timezone.utc).timestamp()
@@ -360,6 +361,7 @@ def provenance(runs: pd.DataFrame, metrics: dict[int, dict], study_config: dict 
         "threads": distinct("threads"),
         "jobs": len(runs), "trained_runs": len(trained),
         "total_wall_hours": wall.sum() / 3600,
+        "wall_last_stretch_only": partial, "wall_shorter_than_training": short,
         "total_train_hours": trained["train_seconds"].fillna(0).sum() / 3600,
         "total_eval_hours": trained["eval_seconds"].fillna(0).sum() / 3600,
         "wall_median": wall.median() if len(wall) else math.nan,
@@ -370,6 +372,27 @@ def provenance(runs: pd.DataFrame, metrics: dict[int, dict], study_config: dict 
         "study_config": _yaml(study_config) if study_config else None,
         "mlflow_errors": int(runs["mlflow_error"].notna().sum()),
     }
+
+
+def run_walls(trained: pd.DataFrame, metrics: dict[int, dict]) -> tuple[pd.Series, int, int]:
+    """Each trained run's wall seconds, as far as its record can say; how many records give their
+    last stretch only (made before stretches were recorded, record.wall_provenance), and how many
+    of those are shorter than their own training and evaluation: for those that time counts, so
+    the total is at least the training it contains."""
+    walls, partial, short = {}, 0, 0
+    for index, row in trained.iterrows():
+        wall = row["wall_seconds"]
+        if pd.isna(wall):
+            continue
+        if wall_provenance(metrics.get(index) or {}) == WALL_LAST_STRETCH:
+            partial += 1
+            busy = (row["train_seconds"] if pd.notna(row["train_seconds"]) else 0.0) + (
+                row["eval_seconds"] if pd.notna(row["eval_seconds"]) else 0.0)
+            if wall < busy:
+                short += 1
+                wall = busy
+        walls[index] = wall
+    return pd.Series(walls, dtype=float), partial, short
 
 
 def _date(timestamp: float) -> str:

@@ -289,6 +289,15 @@ def environment(device: torch.device) -> dict:
     }
 
 
+# What a stretch of a run (one process, from its start or resumption to its end or last
+# checkpoint) records of where and with what code it ran: a run resumed elsewhere has several.
+STRETCH_KEYS = ("git_commit", "git_dirty", "host", "cpu_model", "cpu_kind", "threads", "torch", "device")
+
+
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
 def to_cpu(state):
     """`state` with every tensor in it (nested in dicts, lists, tuples) copied to the CPU."""
     if isinstance(state, torch.Tensor):
@@ -339,14 +348,40 @@ class RunProgress:
     model: dict | None = None  # batched runs: the last epoch's weights (a diverged run: those it stopped with)
     velocity: dict | None = None  # batched runs: their momentum buffers
     extra_state: dict = field(default_factory=dict)
+    # one entry per process that trained the run (record.WALL_ALL_STRETCHES): a resumed run has
+    # several, and its wall time is their sum
+    stretches: list[dict] = field(default_factory=list)
+    stretch_started: float = 0.0  # time.time() when this process's stretch began
 
     @classmethod
     def restore(cls, state: dict, extra_state: dict) -> "RunProgress":
         history = state["history"]
+        stretches = state.get("stretches")
+        if stretches is None and history:  # a checkpoint made before stretches were recorded
+            stretches = [{"first_epoch": 1, "last_epoch": len(history), "wall_seconds": None,
+                          "note": "made before stretches were recorded: where and when it ran is unknown"}]
         return cls(history=history, status="diverged" if history and history[-1].get("diverged") else "finished",
                    train_seconds=state["train_seconds"], eval_seconds=state["eval_seconds"],
                    test_predictions=state["test_predictions"], model=state["model"],
-                   velocity=state.get("velocity"), extra_state={**state.get("extra_state", {}), **extra_state})
+                   velocity=state.get("velocity"), extra_state={**state.get("extra_state", {}), **extra_state},
+                   stretches=list(stretches or []))
+
+    def begin_stretch(self, device: torch.device) -> None:
+        """This process starts (or resumes) the run: record where, with what code, and when."""
+        env = environment(device)
+        self.stretch_started = time.time()
+        self.stretches.append({"first_epoch": len(self.history) + 1, "last_epoch": len(self.history),
+                               "started_at": utc_now(), "ended_at": utc_now(), "wall_seconds": 0.0,
+                               # plain str: torch.__version__ is a class torch.load refuses
+                               **{key: str(env[key]) if isinstance(env.get(key), str) else env.get(key)
+                                  for key in STRETCH_KEYS}})
+
+    def end_stretch(self) -> None:
+        """The stretch so far: its end now, its wall time (saved with each checkpoint, so a stretch
+        that is killed keeps what it did up to its last checkpoint)."""
+        if self.stretches and self.stretch_started:
+            self.stretches[-1].update(last_epoch=len(self.history), ended_at=utc_now(),
+                                      wall_seconds=round(time.time() - self.stretch_started, 3))
 
     def checkpoint(self, cfg: "RunConfig", model: dict, **trainer_state) -> dict:
         """The checkpoint of this run after its last epoch (save_state writes it from CPU
@@ -354,7 +389,7 @@ class RunProgress:
         return {"config": asdict(cfg), "model": model, "history": self.history,
                 "train_seconds": self.train_seconds, "eval_seconds": self.eval_seconds,
                 "extra_state": self.extra_state, "test_predictions": self.test_predictions,
-                **trainer_state}
+                "stretches": self.stretches, **trainer_state}
 
     def end_epoch(self, epoch: int, train_loss: float, predictions: tuple | None, data: Splits,
                   train_s: float, eval_s: float, images: int) -> dict:
@@ -378,6 +413,7 @@ class RunProgress:
         self.history.append(entry)
         self.train_seconds += train_s
         self.eval_seconds += eval_s
+        self.end_stretch()
         return entry
 
 
@@ -418,6 +454,7 @@ def train(recipe: Recipe, seed: int, *, device: str = "cpu", data: Splits | None
         run = RunProgress.restore(state, run.extra_state)
         if log:
             log(f"resuming {cfg.recipe} seed {seed} after epoch {len(run.history)} from {checkpoint}")
+    run.begin_stretch(device)
 
     n = len(data.train_x)
     steps = num_batches(n, cfg.batch_size, cfg.drop_last)
@@ -485,6 +522,7 @@ def run_result(recipe: Recipe, cfg: RunConfig, run: RunProgress, *, final_model:
     """A finished run's record (record.network_record; plus "final_model"); batched.py shares it."""
     selected, selected_epoch = select(run.history, cfg.selection, cfg.selection_split)
     steps = num_batches(cfg.train_images, cfg.batch_size, cfg.drop_last)
+    run.end_stretch()
     return network_record(
         recipe, asdict(cfg), status=run.status, history=run.history, selected=selected,
         selected_epoch=selected_epoch, train_seconds=run.train_seconds, eval_seconds=run.eval_seconds,
@@ -492,4 +530,4 @@ def run_result(recipe: Recipe, cfg: RunConfig, run: RunProgress, *, final_model:
         test_recall_per_digit=None if run.test_predictions is None
         else recall_per_digit(run.test_predictions, test_labels),
         final_model=final_model, extra_state=run.extra_state, environment=environment,
-        user_recipe=recipe_record(recipe))
+        user_recipe=recipe_record(recipe), stretches=run.stretches)

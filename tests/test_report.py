@@ -290,3 +290,17 @@ def test_report_in_chromium(tiny_report, tmp_path, width, height):
     assert sorted(rows) == sorted(published) == sorted(RECIPES)
     assert "Pipeline check, not a replication" in banner
     assert overflow <= 0  # the page fits the screen: wide tables scroll inside their box
+
+
+def test_total_wall_time_is_never_less_than_the_training_it_contains():
+    """Records made before stretches were recorded give their last stretch's wall time only: a
+    resumed run's can be 44 s against 5,270 s of training. The report counts at least the
+    training, and says how many records are such."""
+    from mnistbench.report import run_walls
+
+    trained = pd.DataFrame({"wall_seconds": [44.0, 100.0, 300.0], "train_seconds": [5270.0, 90.0, 250.0],
+                            "eval_seconds": [30.0, 5.0, 20.0]})
+    metrics = {0: {"recipe": "x"}, 1: {"recipe": "x"}, 2: {"recipe": "x", "stretches": []}}
+    walls, partial, short = run_walls(trained, metrics)
+    assert list(walls) == [5300.0, 100.0, 300.0] and (partial, short) == (2, 1)
+    assert walls.sum() >= (trained["train_seconds"] + trained["eval_seconds"]).sum()

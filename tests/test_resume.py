@@ -26,7 +26,8 @@ import torch
 from mnistbench.recipes import get_recipe
 
 # Timing and provenance differ between any two runs; everything else must not.
-VOLATILE = {"train_seconds", "eval_seconds", "wall_seconds", "images_per_second", "environment", "command"}
+VOLATILE = {"train_seconds", "eval_seconds", "wall_seconds", "images_per_second", "environment", "command",
+            "stretches"}
 VOLATILE_EPOCH = {"train_seconds", "images_per_second"}
 
 CASES = [
@@ -126,8 +127,13 @@ def test_resumed_history_is_not_counted_twice(data_dir, tmp_path):
     process.wait()
     finished = subprocess.run(command, capture_output=True, text=True)
     assert finished.returncode == 0, finished.stderr
-    history = json.loads((out / "metrics.json").read_text())["history"]
-    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    record = json.loads((out / "metrics.json").read_text())
+    assert [h["epoch"] for h in record["history"]] == [1, 2, 3, 4]
+    # every process that trained it is a stretch, and the run's wall time is all of theirs
+    stretches = record["stretches"]
+    assert len(stretches) >= 2 and stretches[0]["first_epoch"] == 1 and stretches[-1]["last_epoch"] == 4
+    assert all(b["first_epoch"] == a["last_epoch"] + 1 for a, b in zip(stretches, stretches[1:]))
+    assert record["wall_seconds"] >= record["train_seconds"] + record["eval_seconds"]
 
 
 # --- batched jobs (mnistbench train-batch): one checkpoint per run folder -------------------
@@ -206,3 +212,55 @@ def test_a_batch_resumes_runs_whose_checkpoints_stand_at_different_epochs(data_d
     # a single run does not take a batch's checkpoint for its own (nor the other way round)
     with pytest.raises(CheckpointError, match="train-batch"):
         train(*runs[1], data=data, checkpoint=paths[1])
+
+
+def test_a_resumed_run_records_each_stretch_and_its_whole_wall_time(data_dir, tmp_path):
+    """A run trained in two processes: its record lists both stretches (code, machine, threads,
+    start and end), and its wall time is their sum, never the last stretch's alone."""
+    from mnistbench.jobs import train_into
+    from mnistbench.record import WALL_ALL_STRETCHES, WALL_LAST_STRETCH, wall_provenance
+    from mnistbench.train import STRETCH_KEYS, train
+
+    recipe = get_recipe("nielsen_ch1_fc30").with_overrides(epochs=3, train_subset=500)
+    checkpoint = tmp_path / "checkpoint.pt"
+
+    def stop_in_epoch_two(entry):
+        if entry["epoch"] == 2:
+            raise KeyboardInterrupt  # before epoch 2's checkpoint: the first stretch ends at epoch 1
+
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, 1, checkpoint=checkpoint, on_epoch=stop_in_epoch_two)
+    first = torch.load(checkpoint, weights_only=True)["stretches"]
+    assert [(s["first_epoch"], s["last_epoch"]) for s in first] == [(1, 1)] and first[0]["wall_seconds"] > 0
+    record = train_into(recipe, 1, tmp_path, threads=1)
+    stretches = record["stretches"]
+    assert [(s["first_epoch"], s["last_epoch"]) for s in stretches] == [(1, 1), (2, 3)]
+    for stretch in stretches:
+        assert set(STRETCH_KEYS) <= set(stretch) and stretch["started_at"] <= stretch["ended_at"]
+        assert stretch["host"] and stretch["cpu_kind"] and stretch["threads"] == 1
+    assert record["wall_seconds"] == pytest.approx(sum(s["wall_seconds"] for s in stretches), abs=0.01)
+    assert record["wall_seconds"] > stretches[-1]["wall_seconds"]
+    assert wall_provenance(record) == WALL_ALL_STRETCHES
+    old = {k: v for k, v in record.items() if k != "stretches"}  # a record made before stretches
+    assert wall_provenance(old) == WALL_LAST_STRETCH
+
+
+def test_a_checkpoint_made_before_stretches_were_recorded_says_so(data_dir, tmp_path):
+    from mnistbench.jobs import train_into
+    from mnistbench.train import save_state, train
+
+    recipe = get_recipe("nielsen_ch1_fc30").with_overrides(epochs=2, train_subset=500)
+    checkpoint = tmp_path / "checkpoint.pt"
+
+    def stop(entry):
+        if entry["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, 1, checkpoint=checkpoint, on_epoch=stop)
+    state = torch.load(checkpoint, weights_only=True)
+    del state["stretches"]
+    save_state(checkpoint, state)
+    stretches = train_into(recipe, 1, tmp_path, threads=1)["stretches"]
+    assert stretches[0]["wall_seconds"] is None and "unknown" in stretches[0]["note"]
+    assert (stretches[1]["first_epoch"], stretches[1]["last_epoch"]) == (2, 2)
