@@ -150,9 +150,20 @@ def study_link(study: str, base: str | None = None) -> str | None:
     return None if experiment is None else ui_link(experiment.experiment_id, base)
 
 
+def run_name(key: str) -> str:
+    """A run's name in MLflow's runs table, which shows its first 20 or so characters: the part
+    that tells runs apart first. "replication/nielsen_ch6_dropout/lr=0.03/seed=7" -> "s7
+    ch6_dropout lr=0.03" (the study is the experiment; "nielsen_" and "seed_" start most ids)."""
+    _, recipe, lr, last = key.split("/")
+    kind, number = last.split("=", 1)
+    short = next((recipe[len(p):] for p in ("nielsen_", "seed_") if recipe.startswith(p)), recipe)
+    return f"{'s' if kind == 'seed' else 'g'}{number} {short} {lr}"
+
+
 def experiment_note(study: str) -> str:
     return (f"The runs of the mnistbench study `{study}` (config/config.yaml): one MLflow run per "
-            f"recipe x learning rate x seed, named `<recipe> lr=<lr> seed=<seed>`. Each run's "
+            f"recipe x learning rate x seed, named `s<seed> <recipe> lr=<lr>` (ensemble groups "
+            f"`g<group> ...`; recipe ids without their `nielsen_` or `seed_` prefix). Each run's "
             f"metrics.json (results/{study}/runs/) is the source of truth; the study's tables "
             f"are results/{study}/summary.csv and runs.csv, its report reports/{study}/index.html.")
 
@@ -164,9 +175,11 @@ def run_note(metrics: dict) -> str:
     published = metrics.get("published_accuracy")
     result = (f"selected test accuracy {metrics['selected_accuracy']}%" if metrics.get("selected_accuracy")
               is not None else f"status {metrics.get('status')}")
-    return (f"`{metrics['recipe']}` ({what}{lr}) replicates the published "
+    verb = ("checks the pipeline (a few epochs on a subset, not a replication) of the published"
+            if metrics.get("pipeline_check") else "replicates the published")
+    return (f"`{metrics['recipe']}` ({what}{lr}) {verb} "
             f"{'' if published is None else f'{published}% of '}`{metrics.get('published_id') or metrics['recipe']}`: "
-            f"{result}." + (" A pipeline check, not a replication." if metrics.get("pipeline_check") else ""))
+            f"{result}.")
 
 
 def _runs_with_key(client, experiment_id: str, key: str) -> list:
@@ -490,8 +503,10 @@ class RunTracker:
                          tags=[RunTag(k, v) for k, v in (tags or {}).items()])
         self._params.update(params)
 
-    def start(self, params: dict, tags: dict, resume_run_id: str | None = None) -> str | None:
-        """Create the MLflow run (or reopen the resumed one); other runs with this key are deleted."""
+    def start(self, params: dict, tags: dict, resume_run_id: str | None = None,
+              start_time: int | None = None) -> str | None:
+        """Create the MLflow run (or reopen the resumed one); other runs with this key are deleted.
+        start_time: when it started, in ms since the epoch (a replay gives the record's; default now)."""
         def action(client):
             self.experiment_id = _experiment_id(client, self.study)
             parent_id = _study_parent(client, self.experiment_id, self.study)
@@ -501,8 +516,8 @@ class RunTracker:
                 client.update_run(self.run_id, status="RUNNING")
                 self._params.update(client.get_run(self.run_id).data.params)
             else:
-                name = self.key.split("/", 1)[1].replace("/", " ")
-                self.run_id = client.create_run(self.experiment_id, run_name=name, tags={
+                self.run_id = client.create_run(self.experiment_id, start_time=start_time,
+                                                run_name=run_name(self.key), tags={
                     RUN_KEY_TAG: self.key, PARENT_TAG: parent_id}).info.run_id
             for run in existing:  # a rerun replaces the earlier result
                 if run.info.run_id != self.run_id:
@@ -513,26 +528,27 @@ class RunTracker:
 
         return self._call("starting the run", action)
 
-    def log_epoch(self, entry: dict) -> None:
-        """train(on_epoch=...): the epoch's metrics at step = epoch."""
+    def log_epoch(self, entry: dict, timestamp: int | None = None) -> None:
+        """train(on_epoch=...): the epoch's metrics at step = epoch (at `timestamp` ms, default now)."""
         if self.run_id is None:
             return
         from mlflow.entities import Metric
 
-        now = int(time.time() * 1000)
+        now = timestamp or int(time.time() * 1000)
         metrics = [Metric(name, _number(entry[k]), now, entry["epoch"]) for k, name in EPOCH_METRICS.items()
                    if _number(entry.get(k)) is not None]
         self._call(f"logging epoch {entry['epoch']}", lambda client: self._log(client, metrics))
 
-    def finish(self, metrics: dict, out: Path) -> bool:
-        """Final metrics, resolved parameters, tags, artifacts; then FINISHED. False on failure."""
+    def finish(self, metrics: dict, out: Path, end_time: int | None = None) -> bool:
+        """Final metrics, resolved parameters, tags, artifacts; then FINISHED (at end_time ms,
+        default now). False on failure."""
         if self.run_id is None:
             return False
         from mlflow.entities import DatasetInput, InputTag, Metric
         from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
         def action(client):
-            now = int(time.time() * 1000)
+            now = end_time or int(time.time() * 1000)
             finals = [Metric(k, _number(metrics[k]), now, 0) for k in FINAL_METRICS
                       if _number(metrics.get(k)) is not None]
             # the parent again: the report step may have replaced it while this run trained
@@ -545,7 +561,7 @@ class RunTracker:
             for name in ("metrics.json", "model.pt"):
                 if (out / name).exists():
                     client.log_artifact(self.run_id, str(out / name))
-            client.set_terminated(self.run_id, "FINISHED")
+            client.set_terminated(self.run_id, "FINISHED", end_time=end_time)
             return True
 
         return bool(self._call("finishing the run", action))
@@ -570,16 +586,51 @@ def checkpoint_run_id(checkpoint: Path) -> str | None:
 
 # --- replay: metrics.json -> MLflow, afterwards ----------------------------------------------
 
+def _ms(iso: str | None) -> int | None:
+    """A record's UTC time ("2026-12-06T20:28:55Z") in ms since the epoch."""
+    if not iso:
+        return None
+    import calendar
+
+    return calendar.timegm(time.strptime(iso, "%Y-%m-%dT%H:%M:%SZ")) * 1000
+
+
+def run_times(metrics: dict) -> tuple[int | None, int | None, list[int | None]]:
+    """When a recorded run started and ended (ms since the epoch), and when each epoch ended:
+    its first stretch's start and last stretch's end, else (records made before stretches were
+    recorded) the time it finished less its wall time, at least its training and evaluation
+    time. Epochs are placed by their training time in between. (None, None, ...) if the record
+    does not say when it finished."""
+    history = metrics.get("history") or []
+    stretches = [s for s in metrics.get("stretches") or [] if s.get("started_at")]
+    if stretches:
+        start, end = _ms(stretches[0]["started_at"]), _ms(stretches[-1].get("ended_at"))
+    else:
+        end = _ms((metrics.get("environment") or {}).get("finished_at"))
+        busy = (metrics.get("train_seconds") or 0.0) + (metrics.get("eval_seconds") or 0.0)
+        start = None if end is None else end - int(1000 * max(metrics.get("wall_seconds") or 0.0, busy))
+    if start is None or end is None:
+        return None, None, [None] * len(history)
+    seconds = [h.get("train_seconds") or 0.0 for h in history]
+    total, done, epochs = sum(seconds) or 1.0, 0.0, []
+    for s in seconds:
+        done += s
+        epochs.append(start + int((end - start) * done / total))
+    return start, end, epochs
+
+
 def replay(path: Path, metrics: dict) -> str | None:
-    """Log a finished metrics.json as a new MLflow run (replacing any run with its key)."""
+    """Log a finished metrics.json as a new MLflow run (replacing any run with its key), with
+    the start and end time its record gives, so MLflow shows when it trained and for how long."""
     key = key_of(metrics, path)
     tracker = RunTracker(study_of(metrics, path), key)
     params = {k: metrics.get(k) for k in ("recipe", "seed", "lr", "group")}
-    if not tracker.start(params, {}):
+    start, end, epoch_times = run_times(metrics)
+    if not tracker.start(params, {}, start_time=start):
         raise RuntimeError(tracker.error)
-    for entry in metrics.get("history") or []:
-        tracker.log_epoch(entry)
-    if not tracker.finish(metrics, path.parent):
+    for entry, timestamp in zip(metrics.get("history") or [], epoch_times):
+        tracker.log_epoch(entry, timestamp)
+    if not tracker.finish(metrics, path.parent, end_time=end):
         raise RuntimeError(tracker.error)
     return tracker.run_id
 

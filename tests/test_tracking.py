@@ -172,3 +172,28 @@ def test_sync_replays_records_under_the_parent_and_rewrites_only_its_own(store, 
 
     assert tracking.sync(paths, write_json, log=lambda _: None) == {"up to date": 3, "replayed": 0, "failed": 0}
     assert written == [failed_here] and parents(client, experiment_id) == [parent]
+
+
+def test_a_replayed_run_keeps_when_it_trained_and_a_name_that_tells_it_apart(store, tmp_path):
+    """mlflow-sync gives each run its recorded start and end, not the replay's; its epochs fall in
+    between; its name starts with what differs from its neighbours in the runs table."""
+    client, experiment_id = store
+    stretches = [{"started_at": "2026-11-24T10:00:00Z", "ended_at": "2026-11-24T11:00:00Z", "wall_seconds": 3600.0},
+                 {"started_at": "2026-11-25T08:00:00Z", "ended_at": "2026-11-25T08:30:00Z", "wall_seconds": 1800.0}]
+    history = [{"epoch": e, "test_accuracy": 90.0, "train_seconds": 1000.0} for e in (1, 2)]
+    resumed = record(tmp_path, 1, stretches=stretches, history=history)
+    # made before stretches were recorded: finished at 12:00, 44 s of wall but 5,270 s of training
+    old = record(tmp_path, 2, environment={"finished_at": "2026-11-26T12:00:00Z"}, wall_seconds=44.0,
+                 train_seconds=5270.0, eval_seconds=30.0)
+    assert tracking.sync([resumed, old], log=lambda _: None, reports=None)["replayed"] == 2
+    runs = {r.data.tags["seed"]: r for r in client.search_runs([experiment_id])
+            if tracking.RUN_KEY_TAG in r.data.tags}
+    ms = lambda iso: tracking._ms(iso)  # noqa: E731
+    assert (runs["1"].info.start_time, runs["1"].info.end_time) == (ms("2026-11-24T10:00:00Z"),
+                                                                    ms("2026-11-25T08:30:00Z"))
+    steps = client.get_metric_history(runs["1"].info.run_id, "test_accuracy")
+    assert ms("2026-11-24T10:00:00Z") < steps[0].timestamp < steps[1].timestamp == ms("2026-11-25T08:30:00Z")
+    assert runs["2"].info.end_time == ms("2026-11-26T12:00:00Z")
+    assert runs["2"].info.end_time - runs["2"].info.start_time == 5_300_000  # at least its training
+    assert runs["1"].info.run_name == "s1 ch1_fc30 lr=3"
+    assert tracking.run_name("replication/nielsen_ch6_ensemble/lr=0.03/group=2") == "g2 ch6_ensemble lr=0.03"
