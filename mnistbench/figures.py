@@ -164,12 +164,29 @@ def lr_sensitivity(runs: pd.DataFrame, summary: pd.DataFrame, judged: dict[str, 
     return fig
 
 
+def wrap_id(recipe: str, width: int = 13) -> str:
+    """A recipe id on lines of about `width` characters, broken after underscores."""
+    lines = [""]
+    for part in recipe.split("_"):
+        piece = part if not lines[-1] else f"_{part}"
+        if lines[-1] and len(lines[-1]) + len(piece) > width:
+            lines[-1] += "_"
+            lines.append(part)
+        else:
+            lines[-1] += piece
+    return "\n".join(lines)
+
+
 def protocol_comparison(runs: pd.DataFrame, groups: list[dict], judged: dict[str, dict]):
     """One panel per architecture trained under both protocols: each recipe's seeds (at its
     published lr), their mean with 95% CI, and its published value."""
     theme()
-    fig, axes = plt.subplots(1, len(groups), figsize=(3.4 * len(groups) + 0.6, 3.8), squeeze=False)
-    for ax, group in zip(axes[0], groups):
+    # A panel as wide as its recipes need, each id wrapped at its underscores: long ids side by
+    # side overlapped (the page shows the figure about 1,000 px wide).
+    widths = [max(2, len(group["recipes"])) for group in groups]
+    fig, axes = plt.subplots(1, len(groups), figsize=(1.05 * sum(widths) + 1.5, 4.4), squeeze=False,
+                             gridspec_kw={"width_ratios": widths})
+    for ax, group, width in zip(axes[0], groups, widths):
         labels = []
         for x, recipe in enumerate(group["recipes"]):
             row = judged[recipe]
@@ -184,10 +201,11 @@ def protocol_comparison(runs: pd.DataFrame, groups: list[dict], judged: dict[str
             if row["published"] is not None:
                 ax.scatter([x + 0.28], [row["published"]], marker="D", s=46, color=PUBLISHED_COLOR,
                            edgecolor="white", zorder=5)
-            labels.append(f"{recipe}\n({row['protocol']})")
-        ax.set_xticks(range(len(labels)), labels, fontsize=8)
+            labels.append(f"{wrap_id(recipe)}\n({row['protocol']})")
+        ax.set_xticks(range(len(labels)), labels, fontsize=7.5)
         ax.set_xlim(-0.5, len(labels) - 0.3)
-        ax.set_title(group["label"], fontsize=9)
+        # a narrow panel's architecture on two lines, so that neighbouring titles do not touch
+        ax.set_title(group["label"] if width > 2 else group["label"].replace(" | ", "\n", 1), fontsize=9)
         ax.set_ylabel("accuracy (%)")
     handles = [
         plt.Line2D([], [], marker="o", ls="", color=SEED_COLOR, ms=4, label="one seed"),

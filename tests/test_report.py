@@ -304,3 +304,27 @@ def test_total_wall_time_is_never_less_than_the_training_it_contains():
     walls, partial, short = run_walls(trained, metrics)
     assert list(walls) == [5300.0, 100.0, 300.0] and (partial, short) == (2, 1)
     assert walls.sum() >= (trained["train_seconds"] + trained["eval_seconds"]).sum()
+
+
+def test_protocol_comparison_tick_labels_do_not_overlap():
+    """Six long recipe ids in one panel (the dense nets' group of the record) stay legible."""
+    import itertools
+    import math
+
+    from mnistbench.figures import protocol_comparison
+
+    recipes = ["nielsen_ch1_fc100", "nielsen_ch3_fc100_ce_l2", "nielsen_ch3_fc100_ce_l2_60ep",
+               "nielsen_ch3_fc100_ce_l2_60ep_large_init", "nielsen_ch6_fc100", "seed_dense_mse"]
+    runs = pd.DataFrame({"status": ["finished"] * 6, "selected_accuracy": [97.0 + i / 10 for i in range(6)]})
+    judged = {r: {"run_index": [i], "mean": 97.0, "ci_low": math.nan, "ci_high": math.nan,
+                  "published": 97.5, "protocol": "nielsen"} for i, r in enumerate(recipes)}
+    groups = [{"recipes": recipes, "label": "fc 784-100-10"},
+              {"recipes": recipes[:2], "label": "conv20+pool | conv40+pool | fc100 | softmax"}]
+    fig = protocol_comparison(runs, groups, judged)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        boxes = [label.get_window_extent(renderer) for label in ax.get_xticklabels()]
+        assert not any(a.overlaps(b) for a, b in itertools.combinations(boxes, 2))
+    titles = [ax.title.get_window_extent(renderer) for ax in fig.axes]
+    assert not any(a.overlaps(b) for a, b in itertools.combinations(titles, 2))
