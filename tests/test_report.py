@@ -328,3 +328,12 @@ def test_protocol_comparison_tick_labels_do_not_overlap():
         assert not any(a.overlaps(b) for a, b in itertools.combinations(boxes, 2))
     titles = [ax.title.get_window_extent(renderer) for ax in fig.axes]
     assert not any(a.overlaps(b) for a, b in itertools.combinations(titles, 2))
+
+
+def test_the_html_page_shows_code_not_backticks():
+    from mnistbench.report import code_spans
+
+    html = "<td>`seed_relu_wd01` is the faithful recipe; `snakemake` trains</td><pre>a `b` c</pre>"
+    assert code_spans(html) == ("<td><code>seed_relu_wd01</code> is the faithful recipe; <code>snakemake"
+                                "</code> trains</td><pre>a <code>b</code> c</pre>")
+    assert code_spans("<p>one ` alone</p>") == "<p>one ` alone</p>"
