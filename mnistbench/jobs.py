@@ -26,11 +26,12 @@ from .record import (CHECKPOINT_FILE, RECORD_FILE, check_writable, label_record,
 
 Log = Callable[[str], None] | None
 
-# The most mini-batch size at which one torch thread is the measured-fastest default. At the
-# book's mini-batch of 10 a second thread buys little even on an idle machine, and with another
-# process busy on one of two cores it costs up to 10x: one epoch of the basic conv on 5,000
-# images took 58 s on torch's default of a thread per core and 5.9 s on one (docs/performance.md,
-# "Threads of a single run"). Every recipe trains at mini-batch 10, 50 or 100.
+# The largest mini-batch at which one torch thread is the default: the measured-fastest when
+# other work shares the CPU. At the book's mini-batch of 10 a second thread buys little even on
+# an idle machine, and with another process busy on one of two cores it costs over 10x: one
+# epoch of the basic conv on 5,000 images trained in 27.7 s on torch's default of a thread per
+# core against 2.0 s on one, and the tutorial's net (mini-batch 100) in 22.7 s against 1.2 s
+# (docs/performance.md, "Threads of a single run"). Every recipe trains at mini-batch 10, 50 or 100.
 ONE_THREAD_UP_TO_BATCH = 100
 
 
