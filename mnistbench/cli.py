@@ -311,20 +311,32 @@ def cmd_docs(args) -> None:
 
     if not Path("docs/recipes.md").is_file():
         raise UsageError("no docs/recipes.md here: run 'mnistbench docs' from the project root")
-    changed = write_docs(_workflow_config())
-    log(f"updated {', '.join(map(str, changed))}" if changed else "docs already up to date")
+    changed = write_docs(_workflow_config(), write=args.write)
+    if not changed:
+        log("docs/recipes.md and docs/protocols.md are up to date")
+    elif args.write:
+        log(f"updated {', '.join(map(str, changed))}")
+    else:  # a check by default: it rewrites git-tracked files only when asked
+        log(f"out of date: {', '.join(map(str, changed))}; 'mnistbench docs --write' rewrites them")
+        raise SystemExit(1)
 
 
 def cmd_findings(args) -> None:
-    from .report import ReportError, update_findings
+    from .report import ReportError, findings_table, update_findings
 
     if not Path(args.study_dir).is_dir():  # a mistyped folder must not empty the README's table
         raise UsageError(f"no such study folder: {args.study_dir}")
     try:
-        changed = update_findings(args.readme, args.study_dir)
+        changed = update_findings(args.readme, args.study_dir, write=args.write)
+        if not args.write:
+            print(findings_table(args.study_dir))
     except (ReportError, OSError) as err:
         raise UsageError(str(err)) from None
-    log(f"{args.readme}: findings of {args.study_dir} {'updated' if changed else 'already up to date'}")
+    if args.write or not changed:
+        log(f"{args.readme}: findings of {args.study_dir} {'updated' if changed else 'up to date'}")
+    else:  # a reading by default: it rewrites the git-tracked README only when asked
+        log(f"{args.readme}: its findings differ from these; 'mnistbench findings --write' rewrites them")
+        raise SystemExit(1)
 
 
 def cmd_progress(args) -> None:
@@ -393,9 +405,10 @@ DESCRIPTIONS = {
     "recipes": "List every recipe with its published accuracy, or show one recipe's card. Reads "
                "the package's recipe table, config/config.yaml and results/replication; writes "
                "nothing; takes a second.",
-    "docs": "Regenerate docs/recipes.md and the protocol wording of docs/protocols.md from the "
-            "recipes. Rewrites those two git-tracked files (it prints which changed); run it "
-            "from the project root after changing a recipe. Takes a second; trains nothing.",
+    "docs": "Check docs/recipes.md and the protocol wording of docs/protocols.md against the "
+            "recipes: exit status 1 and their names if either is out of date. With --write, "
+            "rewrite them (both git-tracked); run it from the project root after changing a "
+            "recipe. Takes a second; trains nothing.",
     "train": "Train one run of a recipe and write DIR/metrics.json and DIR/model.pt "
              "(DIR/checkpoint.pt after every epoch while it trains; an interrupted run resumes "
              "from it). Reads MNIST (downloads it into ./data once). Costs the recipe's epochs: "
@@ -421,8 +434,10 @@ DESCRIPTIONS = {
                    "Idempotent: only what is missing, unfinished or different there. Writes the "
                    "MLflow store, and a replayed run's id into a record logged to this store "
                    "before; about 3 s per run (11 minutes for the replication record).",
-    "findings": "Write the findings table of a study's record into the README, between its "
-                "findings markers. Rewrites README.md (git-tracked); takes seconds.",
+    "findings": "Print the findings table of a study's record (one line per published number) "
+                "and say whether the README's differs (exit status 1 if it does). With --write, "
+                "rewrite it there, between the findings markers (README.md is git-tracked). "
+                "Takes seconds; trains nothing.",
     "progress": "How far a study's record has come: published numbers with enough runs, runs "
                 "finished, core-hours done and an estimate of those left. Reads the config and "
                 "the study's records; writes nothing; takes seconds.",
@@ -453,8 +468,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--configfile", metavar="FILE", help="a study's config whose own recipes "
                    "(its `recipes:`, docs/claims.md) are listed too (default: config/config.yaml)")
 
-    p = add("docs", help="regenerate docs/recipes.md and the protocol wording of "
-                       "docs/protocols.md (run from the project root)")
+    p = add("docs", help="check (or, with --write, regenerate) docs/recipes.md and the protocol "
+                       "wording of docs/protocols.md (run from the project root)")
+    p.add_argument("--write", action="store_true", help="rewrite the files that are out of date "
+                   "(git-tracked); without it, only say which are (exit status 1 if any)")
 
     p = add("train", help="train one run of a recipe and write DIR/metrics.json")
     p.add_argument("--seed", type=int, required=True, help="decides init, data order and dropout")
@@ -523,8 +540,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="workflow config whose studies.<study> settings the parent run records "
                         "(default: config/config.yaml, if it exists)")
 
-    p = add("findings", help="write the findings table of a study's record into the "
-                       "README (between its findings markers)")
+    p = add("findings", help="print the findings table of a study's record; with --write, "
+                       "write it into the README (between its findings markers)")
+    p.add_argument("--write", action="store_true", help="rewrite the README's findings block "
+                   "(git-tracked); without it, print the table and say whether the README's "
+                   "differs (exit status 1 if it does)")
     p.add_argument("--study-dir", default="results/replication", help="default: results/replication")
     p.add_argument("--readme", default="README.md", help="default: README.md")
 

@@ -523,8 +523,9 @@ def findings_table(study_dir) -> str:
     return "\n".join(lines)
 
 
-def update_findings(readme, study_dir) -> bool:
-    """Replace the findings block of a README with the table of the study; True if it changed."""
+def update_findings(readme, study_dir, write: bool = True) -> bool:
+    """Replace the findings block of a README with the table of the study; True if it changed
+    (with write=False: if it would change, leaving the README as it is)."""
     readme = Path(readme)
     text = readme.read_text()
     if FINDINGS_START not in text or FINDINGS_END not in text:
@@ -532,7 +533,7 @@ def update_findings(readme, study_dir) -> bool:
     head, rest = text.split(FINDINGS_START, 1)
     _, tail = rest.split(FINDINGS_END, 1)
     new = f"{head}{FINDINGS_START}\n{findings_table(study_dir)}\n{FINDINGS_END}{tail}"
-    if new != text:
+    if new != text and write:
         readme.write_text(new)
     return new != text
 

@@ -355,3 +355,27 @@ def test_a_single_run_defaults_to_one_thread_and_says_so(data_dir, tmp_path):
     done = mnistbench("train", "--recipe", "nielsen_ch1_fc30", "--seed", "1", *args, "--threads", "2",
                       "--data-dir", str(data_dir), "--out", str(tmp_path / "two"))
     assert "torch threads: 2 (as asked with --threads)" in done.stderr
+
+
+def test_docs_and_findings_rewrite_tracked_files_only_with_write(tmp_path):
+    """Both read by default (exit 1 when out of date) and write only with --write."""
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "recipes.md").write_text("stale\n")
+    shutil.copy(root / "docs" / "protocols.md", tmp_path / "docs" / "protocols.md")
+    checked = mnistbench("docs", cwd=tmp_path)
+    assert checked.returncode == 1 and "out of date: docs/recipes.md" in checked.stderr
+    assert (tmp_path / "docs" / "recipes.md").read_text() == "stale\n"
+    assert mnistbench("docs", "--write", cwd=tmp_path).returncode == 0
+    assert (tmp_path / "docs" / "recipes.md").read_text().startswith("# Recipes")
+    assert mnistbench("docs", cwd=tmp_path).returncode == 0
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{FINDINGS_START}\n| an old table |\n{FINDINGS_END}\n")
+    study = tmp_path / "results" / "empty"
+    study.mkdir(parents=True)
+    shown = mnistbench("findings", "--study-dir", str(study), "--readme", str(readme))
+    assert shown.returncode == 1 and "No finished runs in the record yet." in shown.stdout
+    assert "an old table" in readme.read_text() and "--write" in shown.stderr
+    assert mnistbench("findings", "--study-dir", str(study), "--readme", str(readme), "--write").returncode == 0
+    assert "No finished runs in the record yet." in readme.read_text()

@@ -137,7 +137,7 @@ def test_generated_docs_are_up_to_date():
     from mnistbench.card import WORDING_END, WORDING_START, recipes_page, wording_block
 
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    assert (ROOT / "docs" / "recipes.md").read_text() == recipes_page(config), "run `mnistbench docs`"
+    assert (ROOT / "docs" / "recipes.md").read_text() == recipes_page(config), "run `mnistbench docs --write`"
     protocols = (ROOT / "docs" / "protocols.md").read_text()
     assert protocols.split(WORDING_START, 1)[1].split(WORDING_END, 1)[0].strip() == wording_block()
 

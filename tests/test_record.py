@@ -345,7 +345,7 @@ def test_readme_findings_are_generated_from_the_record():
 
     readme = (ROOT / "README.md").read_text()
     block = readme.split(FINDINGS_START, 1)[1].split(FINDINGS_END, 1)[0].strip()
-    assert block == findings_table(RECORD).strip(), "run `mnistbench findings` and commit README.md"
+    assert block == findings_table(RECORD).strip(), "run `mnistbench findings --write` and commit README.md"
 
 
 def test_a_variant_that_misses_its_number_says_which_reading_it_trained():
