@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .recipes import FIELD_WORDING, all_recipes, get_recipe, protocol_fields, published_row
+from .recipes import FIELD_WORDING, all_recipes, get_recipe, method_text, protocol_fields, published_row
 from .record import RECORD_FILE, find_records, is_finished, read_record, run_dir
 
 RECIPES_DOC = Path("docs/recipes.md")
@@ -34,7 +34,9 @@ def card(recipe_id: str, config: dict | None = None, results: str | Path = "resu
                  "no published number" if recipe.user_defined else "no number printed")
     fields = [("published", ", ".join(filter(None, [published, row["source"], row["chapter_or_section"]]))
                             + ("" if recipe_id == recipe.published_id else f" (row {recipe.published_id})")),
-              ("network", f"{recipe.notes} ({row['activation']})")]  # a variant's own members
+              # an ensemble variant votes other members than its published row names
+              ("network", f"{method_text(recipe) if recipe.kind == 'ensemble' else row['network']} "
+                          f"({row['activation']})")]
     fields += protocol_fields(recipe)
     studies = _studies(config, recipe_id)
     fields.append(("studies", "; ".join(studies) if studies else "none in the config"))

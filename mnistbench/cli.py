@@ -99,7 +99,7 @@ def _define_recipes(configfile: str | None = None, define: str | None = None,
 
 
 def cmd_recipes(args) -> None:
-    from .recipes import UnknownRecipe, all_recipes
+    from .recipes import UnknownRecipe, all_recipes, method_text
 
     config = _workflow_config(args.configfile or "config/config.yaml")
     if args.configfile and config is None:
@@ -125,7 +125,7 @@ def cmd_recipes(args) -> None:
                     + (f" masks={r.dropout_masks}" if r.dropout_masks != "-" else "")
                     + (f" test_mode={r.test_mode}" if r.test_mode != "eval" else ""))
         else:
-            what = f"{r.kind}: {r.notes}"
+            what = f"{r.kind}: {method_text(r)}"
         selected = f"best of {r.best_of} by {r.best_chosen_by}" if r.best_of > 1 else "one run"
         what = f"{what}; published: {selected}" + (f"; variant of {r.published_id}" if r.variant else "") + (
             f"; user-defined, from {r.base}" if r.user_defined else "")

@@ -183,8 +183,7 @@ VARIANTS: dict[str, tuple[str, str, dict]] = {
         "one stream among all runs)", dict(dropout_masks="independent")),
     "nielsen_ch6_ensemble_independent_masks": (
         "nielsen_ch6_ensemble", "a vote of nielsen_ch6_dropout_independent_masks runs",
-        dict(members="nielsen_ch6_dropout_independent_masks", dropout_masks="independent",
-             notes="5 x nielsen_ch6_dropout_independent_masks; plurality vote")),
+        dict(members="nielsen_ch6_dropout_independent_masks", dropout_masks="independent")),
     # The book's 60-epoch run continues an interpreter session that had called
     # large_weight_initializer(); the default initialiser is introduced later in chapter 3.
     "nielsen_ch3_fc100_ce_l2_60ep_large_init": (
@@ -365,6 +364,14 @@ def planned_train_images(recipe: Recipe) -> int:
     return (recipe.train_subset or SPLIT_SIZE[recipe.protocol.split]) * (5 if recipe.expand else 1)
 
 
+def method_text(recipe: Recipe) -> str:
+    """The recipe's network in words (its published row's). An ensemble names its own members:
+    a variant that votes other nets keeps the row's words, which name the row's members."""
+    if recipe.kind == "ensemble":
+        return f"{ENSEMBLE_SIZE} x {recipe.members}; plurality vote"
+    return recipe.notes
+
+
 def protocol_fields(recipe: Recipe, weight_decays: list[float] | None = None) -> list[tuple[str, str]]:
     """The recipe's protocol, field by field, in words. weight_decays: what runs resolved the L2
     to (a study that trains on fewer images changes it); default: the published data's."""
@@ -374,7 +381,7 @@ def protocol_fields(recipe: Recipe, weight_decays: list[float] | None = None) ->
                 ("published number", "deterministic: one run")]
     if recipe.kind == "ensemble":
         members = all_recipes()[recipe.members]
-        return [("method", recipe.notes), ("vote", f"{ENSEMBLE_SIZE} nets: {ENSEMBLE_VOTE_RULE}"),
+        return [("method", method_text(recipe)), ("vote", f"{ENSEMBLE_SIZE} nets: {ENSEMBLE_VOTE_RULE}"),
                 ("members", f"{members.id}: {members.protocol.describe()}"),
                 ("dropout masks", MASKS_TEXT[members.dropout_masks])] + (
                     [("variant", recipe.variant)] if recipe.variant else [])
