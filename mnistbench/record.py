@@ -119,9 +119,13 @@ def wall_provenance(record: dict) -> str:
     """What a record's wall_seconds covers. Records made before stretches were recorded give the
     wall time of the process that finished them only: for a run resumed from a checkpoint that
     is its last stretch, which can be shorter than its training time. Derived when reading; the
-    old records' numbers are not rewritten. A baseline and a vote run in one process, unresumed."""
+    old records' numbers are not rewritten. A baseline and a vote run in one process, unresumed.
+    A run resumed from a checkpoint made before then has an earlier stretch of unknown wall time."""
     one_process = record.get("group") is not None or (record.get("config") or {}).get("kind") == "baseline"
-    return WALL_ALL_STRETCHES if "stretches" in record or one_process else WALL_LAST_STRETCH
+    if "stretches" in record:
+        known = all(s.get("wall_seconds") is not None for s in record["stretches"])
+        return WALL_ALL_STRETCHES if known else WALL_LAST_STRETCH
+    return WALL_ALL_STRETCHES if one_process else WALL_LAST_STRETCH
 
 
 def total_wall_seconds(stretches: list[dict], this_stretch: float) -> float:

@@ -247,6 +247,7 @@ def test_a_resumed_run_records_each_stretch_and_its_whole_wall_time(data_dir, tm
 
 def test_a_checkpoint_made_before_stretches_were_recorded_says_so(data_dir, tmp_path):
     from mnistbench.jobs import train_into
+    from mnistbench.record import WALL_LAST_STRETCH, wall_provenance
     from mnistbench.train import save_state, train
 
     recipe = get_recipe("nielsen_ch1_fc30").with_overrides(epochs=2, train_subset=500)
@@ -261,6 +262,8 @@ def test_a_checkpoint_made_before_stretches_were_recorded_says_so(data_dir, tmp_
     state = torch.load(checkpoint, weights_only=True)
     del state["stretches"]
     save_state(checkpoint, state)
-    stretches = train_into(recipe, 1, tmp_path, threads=1)["stretches"]
+    record = train_into(recipe, 1, tmp_path, threads=1)
+    stretches = record["stretches"]
     assert stretches[0]["wall_seconds"] is None and "unknown" in stretches[0]["note"]
+    assert wall_provenance(record) == WALL_LAST_STRETCH  # its wall time misses the first stretch
     assert (stretches[1]["first_epoch"], stretches[1]["last_epoch"]) == (2, 2)
