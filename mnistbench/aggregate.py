@@ -10,10 +10,11 @@ import math
 from pathlib import Path
 
 import pandas as pd
-from scipy import stats
+from scipy import stats as scipy_stats
 
 from .definitions import learn
 from .recipes import all_recipes
+from .stats import clip_percent, clopper_pearson
 from .record import RecordError, find_records, parse_run_path, read_record
 
 PIPELINE_CHECK_NOTE = "pipeline check (tiny training subset, few epochs): not a replication"
@@ -28,13 +29,14 @@ RUN_COLUMNS = [
     "final_test_accuracy", "final_val_accuracy", "final_test_accuracy_eval_mode", "published_accuracy", "diff_pp", "epochs", "batch_size", "train_images",
     "train_subset", "weight_decay", "train_seconds", "eval_seconds", "wall_seconds",
     "images_per_second", "device", "device_name", "host", "git_commit", "mlflow_run_id",
-    "mlflow_error", "members", "unlearned_digits", "note", "pipeline_check", "run_dir",
+    "mlflow_error", "members", "unlearned_digits", "failed", "note", "pipeline_check", "run_dir",
 ]
 
 SUMMARY_COLUMNS = [
     "study", "recipe", "published_id", "protocol", "lr", "published_lr", "lr_factor", "runs",
     "finished", "diverged", "mean", "std", "ci95_low", "ci95_high", "min", "max",
-    "published_accuracy", "diff_pp", "runs_with_unlearned_digit", "epochs", "train_images",
+    "published_accuracy", "diff_pp", "runs_with_unlearned_digit", "failed", "failure_ci95_low",
+    "failure_ci95_high", "learned", "learned_mean", "learned_std", "epochs", "train_images",
     "mean_train_seconds", "pipeline_check", "note",
 ]
 
@@ -71,6 +73,12 @@ def missed_a_digit(unlearned: pd.Series) -> pd.Series:
     """Which runs of a runs.csv `unlearned_digits` column never learned some digit (a run
     without per-digit recall counts as not known to have missed one)."""
     return unlearned.notna() & (unlearned != "none")
+
+
+def failed_run(status: str | None, unlearned: str | None) -> bool:
+    """stats.FAILED_RULE: the run diverged, or never learned some digit. An ensemble vote, a
+    baseline or a run without per-digit recall is not known to have failed."""
+    return status == "diverged" or (unlearned is not None and unlearned != "none")
 
 
 def selected_val_accuracy(metrics: dict) -> float | None:
@@ -114,6 +122,7 @@ def run_row(path: Path, metrics: dict, study: str | None = None) -> dict:
         "mlflow_error": metrics.get("mlflow_error"),
         "members": ",".join(str(m.get("seed")) for m in metrics["members"]) if "members" in metrics else None,
         "unlearned_digits": unlearned_digits(metrics),
+        "failed": failed_run(metrics.get("status"), unlearned_digits(metrics)),
         "note": metrics.get("note"), "pipeline_check": bool(metrics.get("pipeline_check")),
         "run_dir": str(path.parent),
     }
@@ -152,19 +161,24 @@ def collect_runs(source, pipeline_check: bool = False) -> pd.DataFrame:
     return runs.reset_index(drop=True)
 
 
-def _ci95(values: pd.Series) -> tuple[float, float]:
-    """95% confidence interval of the mean, t distribution with n - 1 degrees of freedom."""
+def ci95(values: pd.Series) -> tuple[float, float]:
+    """95% confidence interval of the mean, t distribution with n - 1 degrees of freedom, cut
+    to [0, 100]: no mean of accuracies lies outside."""
     n = len(values)
     if n < 2:
         return math.nan, math.nan
-    half = stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / math.sqrt(n)
-    return values.mean() - half, values.mean() + half
+    half = scipy_stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / math.sqrt(n)
+    return clip_percent((values.mean() - half, values.mean() + half))
 
 
 def _summary_row(group: pd.DataFrame) -> dict:
     finished = group.loc[group["status"] == "finished", "selected_accuracy"].dropna().astype(float)
     first = group.iloc[0]
-    low, high = _ci95(finished)
+    low, high = ci95(finished)
+    judged = group[group["status"].isin(["finished", "diverged"])]
+    failed = judged["failed"].astype(bool)
+    learned = judged.loc[~failed & (judged["status"] == "finished"), "selected_accuracy"].dropna().astype(float)
+    failure_low, failure_high = clopper_pearson(int(failed.sum()), len(judged))
     mean = finished.mean() if len(finished) else math.nan
     published = first["published_accuracy"]
     notes = []
@@ -189,6 +203,9 @@ def _summary_row(group: pd.DataFrame) -> dict:
         "published_accuracy": published,
         "diff_pp": mean - published if pd.notna(published) else math.nan,
         "runs_with_unlearned_digit": int(missed_a_digit(group["unlearned_digits"]).sum()),
+        "failed": int(failed.sum()), "failure_ci95_low": failure_low, "failure_ci95_high": failure_high,
+        "learned": len(learned), "learned_mean": learned.mean() if len(learned) else math.nan,
+        "learned_std": learned.std(ddof=1) if len(learned) > 1 else math.nan,
         "epochs": first["epochs"], "train_images": first["train_images"],
         "mean_train_seconds": group["train_seconds"].mean(),
         "pipeline_check": bool(group["pipeline_check"].any()), "note": "; ".join(notes) or None,

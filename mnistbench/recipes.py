@@ -168,7 +168,10 @@ _ENSEMBLES = {"nielsen_ch6_ensemble": "nielsen_ch6_dropout"}
 BASELINE_IDS = ("nielsen_ch1_darkness", "nielsen_ch1_svm")
 # What an ensemble row votes (ensemble.py votes it; the card and the study's groups read it here).
 ENSEMBLE_SIZE = 5  # the book votes five nets
-ENSEMBLE_VOTE_RULE = "plurality of the members' final-epoch test predictions; ties go to the lowest digit"
+# the book's tie rule: mnistbench.ensemble (TIE_RULES, python2_dict_order) says why
+ENSEMBLE_VOTE_RULE = ("plurality of the members' final-epoch test predictions; ties go to the first "
+                      "tied digit in CPython 2.7's dict order (the book's Counter(p).most_common(1) "
+                      "over the nets in training order)")
 
 # Named variants: a published row trained under another reading of its source. Each replicates
 # the same published number and is reported beside the faithful recipe, never instead of it.
@@ -352,6 +355,8 @@ def published_selection_text(recipe: Recipe) -> str:
     """How the source selected its published number, in words (the table's typed columns)."""
     epoch = {"peak": "the peak epoch of", "best_validation": "the best-validation epoch of",
              "final": "the final epoch of"}.get(recipe.selection, "")
+    if recipe.kind == "ensemble":
+        return "plurality vote of five final-epoch nets"
     if recipe.best_of == 1:
         return f"{epoch} a single run".strip()
     by = {"validation": "the run with the best validation accuracy",

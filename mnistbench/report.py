@@ -27,8 +27,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import figures, stats
-from .aggregate import UNLEARNED_RECALL, missed_a_digit
+from . import ensemble, figures, stats
+from .aggregate import UNLEARNED_RECALL, ci95, failed_run, missed_a_digit
 from .record import (RECORD_FILE, WALL_LAST_STRETCH, RecordError, atomic_write, core_seconds, experiment_name,
                      git, read_record, wall_provenance)
 from .definitions import learn
@@ -180,11 +180,124 @@ def vote_note(records: list[dict]) -> str | None:
                      for mean, gain in gains)
 
 
+def _ensemble_nets(recipe, runs: pd.DataFrame, metrics: dict[int, dict]) -> list[int]:
+    """runs.csv rows of an ensemble's member nets at the published learning rate that can vote
+    (finished, with their final-epoch test predictions), by seed: the book's training order."""
+    members = runs[(runs["recipe"] == recipe.members) & at_published_lr(runs)
+                   & (runs["status"] == "finished")].sort_values("seed")
+    return [i for i in members.index if metrics[i].get("test_predictions")]
+
+
+def judge_ensemble(recipe, runs: pd.DataFrame, metrics: dict[int, dict],
+                   printed: tuple[float, float]) -> tuple[stats.Judgement, dict]:
+    """An ensemble over every k-net subset of its recorded member nets, under the book's tie
+    rule; the lowest-digit rule measured beside it (a deviation). Returns the judgement and
+    what the page says about the subsets."""
+    nets = _ensemble_nets(recipe, runs, metrics)
+    if len(nets) < ensemble.SIZE:
+        return stats.Judgement("not enough runs", reason=f"{len(nets)} {recipe.members} nets "
+                               f"recorded at the published learning rate; a vote needs {ensemble.SIZE}"), {}
+    labels = ensemble.official_test_labels()
+    predictions = [metrics[i]["test_predictions"] for i in nets]
+    votes = {rule: ensemble.subset_votes(predictions, labels, rule) for rule in ensemble.TIE_RULES}
+    judgement = stats.judge_subset_votes(votes["book"], printed, len(nets), ensemble.SIZE)
+    lowest = stats.judge_subset_votes(votes["lowest"], printed, len(nets), ensemble.SIZE)
+    book = votes["book"]
+    detail = {
+        "nets": len(nets), "subsets": len(book), "seeds": [int(runs.loc[i, "seed"]) for i in nets],
+        "min": float(book.min()), "max": float(book.max()),
+        "reach": int((book >= printed[0]).sum()),
+        "reach_lowest": int((votes["lowest"] >= printed[0]).sum()),
+        "changed": int((book != votes["lowest"]).sum()),
+        "shift": float((book - votes["lowest"]).mean()),
+        "lowest": lowest,
+    }
+    return judgement, detail
+
+
+def ensemble_note(detail: dict, printed_text: str) -> str:
+    """What the subsets say, and what the lowest-digit tie rule would have changed."""
+    lowest = detail["lowest"]
+    return (f"all {detail['subsets']:,} five-net votes of {detail['nets']} recorded nets: "
+            f"{detail['min']:.2f}-{detail['max']:.2f}%, {detail['reach']} reach {printed_text}%; "
+            f"ties broken towards the lowest digit (deviation) change {detail['changed']:,} votes, "
+            f"by {detail['shift']:+.4f} point on average, mean {lowest.mean:.3f}%, interval "
+            f"{lowest.low:.2f}-{lowest.high:.2f}: {lowest.verdict}")
+
+
+def failure_note(judgement: stats.Judgement) -> str | None:
+    if not judgement.failed:
+        return None
+    return stats.failed_runs_text(judgement.failed, judgement.runs, judgement.failure_low,
+                                  judgement.failure_high)
+
+
+def validation_pick(finished: pd.DataFrame, k: int, by: str) -> str | None:
+    """Which run and epoch the source's rule picks from our first k seeds."""
+    first = finished.sort_values("seed").head(k)
+    if len(first) < k:
+        return None
+    column = "selected_val_accuracy" if by == "validation" else "selected_accuracy"
+    pick = first.loc[first[column].astype(float).idxmax()]
+    seeds = f"seeds {int(first['seed'].min())}-{int(first['seed'].max())}"
+    if by == "validation":
+        return (f"of {seeds} validation picks seed {int(pick['seed'])} at epoch "
+                f"{int(pick['selected_epoch'])} (validation {pick['selected_val_accuracy']:.2f}%, "
+                f"test {pick['selected_accuracy']:.2f}%)")
+    return f"of {seeds} the best is seed {int(pick['seed'])} ({pick['selected_accuracy']:.2f}%)"
+
+
+def rank_note(judgement: stats.Judgement, k: int) -> str | None:
+    """The distribution-free check, where it disagrees with the normal interval."""
+    if not judgement.rank_verdict or judgement.rank_verdict == judgement.verdict \
+            or judgement.verdict not in ("consistent", "above", "below"):
+        return None
+    floor = k / (judgement.n + k)
+    return (f"the rank check (no normal model) says {judgement.rank_verdict} (one-sided p "
+            f"{judgement.rank_p:.3f}; {judgement.n} runs cannot give less than {floor:.3f})")
+
+
+def normality_note(judgement: stats.Judgement) -> str | None:
+    if not judgement.normality_p < 0.05:
+        return None
+    return (f"Shapiro-Wilk rejects the normal model of the {judgement.n} runs "
+            f"(p = {judgement.normality_p:.4f})")
+
+
+def short_why(recipe, judgement: stats.Judgement, detail: dict, published_text: str,
+              printed: tuple[float, float] | None, pick: str | None = None) -> str:
+    """The verdict's reason in one line, for the summary table: generated from the record."""
+    failures = (f"{judgement.failed} of {judgement.runs} runs failed to learn"
+                if judgement.failed else "")
+    if judgement.verdict == "not enough runs":
+        return "; ".join(filter(None, [judgement.reason.split("; ")[0], failures]))
+    if judgement.verdict == "uninformative":
+        return "; ".join(filter(None, [judgement.reason, failures]))
+    if detail:
+        return (f"{detail['reach']} of {detail['subsets']:,} five-net votes of {detail['nets']} "
+                f"nets reach {published_text}%")
+    if judgement.verdict not in ("above", "below"):
+        return failures
+    centre = judgement.expected_best if judgement.k > 1 else judgement.mean
+    images = round(abs((printed[0] if judgement.verdict == "above" else printed[1]) - centre) * 100)
+    side = "short of" if judgement.verdict == "above" else "above"
+    what = f"the expected best of {judgement.k}" if judgement.k > 1 else "the mean"
+    if recipe.kind == "baseline":
+        return f"{round(abs(judgement.mean - printed[0]) * 100)} test images apart"
+    parts = [f"{what} ({centre:.2f}%) is {images} test images {side} it", pick or "",
+             "a variant: another reading of the source" if recipe.variant else "",
+             f"rank check: {judgement.rank_verdict}" if judgement.rank_verdict not in ("", judgement.verdict) else ""]
+    return "; ".join(filter(None, parts))
+
+
 def judge_recipes(runs: pd.DataFrame, summary: pd.DataFrame, metrics: dict[int, dict],
                   pipeline_check: bool) -> list[dict]:
     """One row per recipe of the study (one per published number), from its runs at the
-    published learning rate, in the order of the published table."""
+    published learning rate, in the order of the published table; Holm's adjustment over every
+    verdict drawn from an interval closes it (add_holm)."""
     recipes = all_recipes()
+    if "failed" not in runs:  # tables from before failed runs were classified
+        runs = runs.assign(failed=[failed_run(s, u) for s, u in zip(runs["status"], runs["unlearned_digits"])])
     rows = []
     for recipe_id in [r for r in recipes if r in set(summary["recipe"])]:
         recipe = recipes[recipe_id]
@@ -197,19 +310,26 @@ def judge_recipes(runs: pd.DataFrame, summary: pd.DataFrame, metrics: dict[int, 
         k_note = (f"'{published_row['selection']}' names no number: judged as the best of {k}"
                   if "several" in published_row["selection"] else "")
         published = recipe.published_accuracy
-        n, mean, sd = int(line.get("finished", 0)), _number(line.get("mean")), _number(line.get("std"))
-        finished = runs.loc[index]
-        finished = finished[(finished["status"] == "finished") & finished["selected_accuracy"].notna()]
-        chooser = finished["selected_val_accuracy" if recipe.best_chosen_by == "validation"
-                           else "selected_accuracy"].tolist()
+        judged_runs = runs.loc[index]
+        judged_runs = judged_runs[(judged_runs["status"] == "diverged") | (
+            (judged_runs["status"] == "finished") & judged_runs["selected_accuracy"].notna())]
+        finished = judged_runs[judged_runs["status"] == "finished"]
+        learned = finished[~finished["failed"].astype(bool)]
+        chooser = judged_runs["selected_val_accuracy" if recipe.best_chosen_by == "validation"
+                              else "selected_accuracy"].astype(float).tolist()
         printed = (stats.printed_range(published_row["published_accuracy_pct"], recipe.printed_as)
                    if published is not None else None)
-        judgement = stats.judge(
-            published, mean, sd, n, k=k, chooser=chooser, values=finished["selected_accuracy"].tolist(),
-            printed=printed,
-            pipeline_check=pipeline_check,
-            settings_changed=settings_changed(recipe, [metrics[i].get("config") or {} for i in index]),
-            deterministic=recipe.kind == "baseline")
+        changed = settings_changed(recipe, [metrics[i].get("config") or {} for i in index])
+        detail = {}
+        if recipe.kind == "ensemble" and published is not None and not pipeline_check and not changed:
+            judgement, detail = judge_ensemble(recipe, runs, metrics, printed)
+        else:
+            judgement = stats.judge_runs(
+                published, judged_runs["selected_accuracy"].astype(float).tolist(),
+                judged_runs["failed"].astype(bool).tolist(), k=k,
+                chooser=chooser if recipe.best_chosen_by == "validation" else None,
+                printed=printed, pipeline_check=pipeline_check, settings_changed=changed,
+                deterministic=recipe.kind == "baseline")
         reason = judgement.reason
         if not line:
             reason = f"no runs at the published learning rate {line_lr(lines)}"
@@ -220,17 +340,33 @@ def judge_recipes(runs: pd.DataFrame, summary: pd.DataFrame, metrics: dict[int, 
             reason = f"trained under another reading than the source's ({recipe.variant}); " \
                      f"`{recipe.published_id}` is the faithful recipe"
         if recipe.kind == "baseline" and judgement.verdict in ("above", "below") and not reason:
-            images = round(abs(mean - published) * 100)  # the 10,000 test images, in percent
+            images = round(abs(judgement.mean - published) * 100)  # the 10,000 test images, in percent
             reason = f"{images} test image{'s' if images != 1 else ''} apart"
         # Only runs of the published recipe: a tiny pipeline-check run misses many digits.
         judged = judgement.verdict not in ("settings changed", "pipeline check")
-        notes = [unlearned_note(runs.loc[index]) if judged else None,
-                 reached_note([metrics[i] for i in finished.index], published_row["published_accuracy_pct"],
+        short = judgement.verdict in ("above", "below") and recipe.kind == "network"
+        pick = validation_pick(learned, k, recipe.best_chosen_by) if k > 1 else None
+        notes = [failure_note(judgement) if judged and "failed (" not in reason else None,
+                 unlearned_note(runs.loc[index]) if judged else None,
+                 pick if short else None,
+                 reached_note([metrics[i] for i in learned.index], published_row["published_accuracy_pct"],
                               printed[0])
-                 if judgement.verdict == "above" else None,
+                 if short and judgement.verdict == "above" else None,
+                 normality_note(judgement) if judged else None,
+                 rank_note(judgement, k) if judged else None,
+                 ensemble_note(detail, published_row["published_accuracy_pct"]) if detail else None,
                  vote_note([metrics[i] for i in finished.index]) if recipe.kind == "ensemble" else None]
         reason = "; ".join(filter(None, [reason, *notes]))
-        single = stats.clip_percent(stats.prediction_interval(mean, sd, n))
+        why = short_why(recipe, judgement, detail, published_row["published_accuracy_pct"],
+                        printed, pick if short else None) if line else reason
+        learned_values = learned["selected_accuracy"].astype(float)
+        ci = ci95(learned_values) if recipe.kind != "ensemble" else (math.nan, math.nan)
+        n, mean, sd = judgement.n, judgement.mean, judgement.sd
+        if recipe.kind == "ensemble" and not detail:  # the groups' votes, no verdict
+            n, mean = len(finished), _number(line.get("mean"))
+            sd = _number(line.get("std"))
+        single = (stats.clip_percent(stats.prediction_interval(mean, sd, n))
+                  if recipe.kind != "ensemble" else (judgement.low, judgement.high))
         # what the recipe's record cost, at every learning rate (an ensemble's members count once)
         cost = sum(core_seconds(metrics[i]) for i in runs.index[runs["recipe"] == recipe_id]
                    if runs.loc[i, "kind"] != "ensemble") / 3600
@@ -247,14 +383,40 @@ def judge_recipes(runs: pd.DataFrame, summary: pd.DataFrame, metrics: dict[int, 
             "published_id": recipe.published_id, "printed_as": recipe.printed_as,
             "published_lr": member.lr, "runs": int(line.get("runs", 0)), "n": n,
             "user_defined": recipe.user_defined,
+            "judged_runs": judgement.runs, "failed": judgement.failed,
+            "failure_low": judgement.failure_low, "failure_high": judgement.failure_high,
             "diverged": int(line.get("diverged", 0)), "mean": mean, "sd": sd,
-            "ci_low": _number(line.get("ci95_low")), "ci_high": _number(line.get("ci95_high")),
+            "ci_low": ci[0], "ci_high": ci[1],
             "diff_pp": mean - published if published is not None else math.nan,
             "pi1_low": single[0], "pi1_high": single[1],  # one run, whatever the verdict uses
             "pi_low": judgement.low, "pi_high": judgement.high,  # the verdict's interval
-            "expected_best": judgement.expected_best,
-            "verdict": judgement.verdict, "reason": reason, "run_index": index, "core_hours": cost,
+            "expected_best": judgement.expected_best, "p_value": judgement.p_value,
+            "rank_p": judgement.rank_p, "rank_verdict": judgement.rank_verdict,
+            "normality_p": judgement.normality_p, "ensemble": detail,
+            "verdict": judgement.verdict, "reason": reason, "why": why, "run_index": index,
+            "core_hours": cost,
         })
+    return add_holm(rows)
+
+
+def add_holm(rows: list[dict]) -> list[dict]:
+    """Holm's adjustment over every verdict drawn from an interval (consistent, above, below,
+    uninformative: each is one test at 5%); the rows that do not come out consistent say
+    whether they survive it. The deterministic baselines are compared exactly, not tested."""
+    tested = [r for r in rows if r["verdict"] in ("consistent", "above", "below", "uninformative")
+              and not r["deterministic"] and not math.isnan(r["p_value"])]
+    for row, adjusted in zip(tested, stats.holm([r["p_value"] for r in tested])):
+        row["p_holm"] = adjusted
+    for row in rows:
+        row.setdefault("p_holm", math.nan)
+        if row["verdict"] in ("above", "below") and not math.isnan(row["p_holm"]):
+            survives = "survives" if row["p_holm"] < 0.05 else "does not survive"
+            row["reason"] = "; ".join(filter(None, [
+                row["reason"], f"p = {row['p_value']:.3f}, Holm-adjusted over {len(tested)} "
+                f"verdicts {row['p_holm']:.3f}: {survives} the adjustment"]))
+            row["why"] = "; ".join(filter(None, [row["why"], f"Holm: {survives}"]))
+    for row in rows:
+        row["tested"] = len(tested)
     return rows
 
 
@@ -564,7 +726,8 @@ def build_report(study_dir, out_dir, study_config: dict | None = None) -> Path:
     context = {
         "study": study, "description": (study_config or {}).get("description"),
         "pipeline_check": pipeline_check, "rows": rows, "sections": sections, "figures": made,
-        "verdicts": stats.VERDICTS,
+        "verdicts": stats.VERDICTS, "failed_rule": stats.FAILED_RULE, "max_width": f"{stats.MAX_WIDTH:g}",
+        "tested": rows[0]["tested"] if rows else 0,
         "counts": pd.Series([r["verdict"] for r in rows]).value_counts().to_dict(),
         "min_runs": stats.MIN_RUNS, "unlearned_recall": f"{UNLEARNED_RECALL:g}",
         "experiment": experiment_name(study),

@@ -1,0 +1,148 @@
+"""The statistics behind a verdict a reviewer would sign, against hand-worked values: failed runs
+counted apart (with an exact interval of the failure rate), no verdict on an uninformative
+interval, the rank check, Shapiro-Wilk, Holm's adjustment and the ensemble's subset interval.
+
+Hand values: t(0.975, 2) = 4.302653, t(0.975, 4) = 2.776445; ln 0.025 = -3.688879,
+ln 0.975 = -0.025318.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from mnistbench import stats
+from mnistbench.aggregate import RUN_COLUMNS, failed_run, summarize
+
+
+def test_clopper_pearson_by_hand():
+    # 0 of 15: [0, 1 - 0.025^(1/15)] = [0, 1 - exp(-3.688879 / 15)] = [0, 21.802%]
+    assert stats.clopper_pearson(0, 15) == pytest.approx((0.0, 21.8019), abs=1e-3)
+    # 5 of 5: [0.025^(1/5), 1] = [exp(-3.688879 / 5), 1] = [47.818%, 100%]
+    assert stats.clopper_pearson(5, 5) == pytest.approx((47.8176, 100.0), abs=1e-3)
+    # 1 of 5: the lower end is 1 - 0.975^(1/5) = 1 - exp(-0.025318 / 5) = 0.50508%
+    assert stats.clopper_pearson(1, 5)[0] == pytest.approx(0.50508, abs=1e-4)
+    # 3 of 5 is 2 of 5 mirrored: [14.66%, 94.73%] (tables: 0.1466, 0.9473)
+    low, high = stats.clopper_pearson(3, 5)
+    assert (low, high) == pytest.approx((14.663, 94.726), abs=1e-2)
+    assert stats.clopper_pearson(2, 5) == pytest.approx((100 - high, 100 - low))
+    assert all(math.isnan(v) for v in stats.clopper_pearson(0, 0))
+
+
+# Three runs that learned (mean 96.5, sd 0.1) and two that failed (a lost digit, a collapse).
+VALUES = [96.5, 96.4, 87.0, 96.6, 11.35]
+FAILED = [False, False, True, False, True]
+
+
+def test_learned_run_verdict_leaves_the_failed_runs_out():
+    judgement = stats.judge_runs(96.5, VALUES, FAILED, printed=(96.495, 96.505))
+    # 96.5 +- 4.302653 * 0.1 * sqrt(4/3) = 96.5 +- 0.496827, over the three learned runs only;
+    # counting the failed runs (mean 77.57, sd 37.4) would give an interval past 0 and 100%
+    assert (judgement.low, judgement.high) == pytest.approx((96.003173, 96.996827), abs=1e-6)
+    assert (judgement.verdict, judgement.n, judgement.mean, judgement.sd) == pytest.approx(
+        ("consistent", 3, 96.5, 0.1))
+    assert (judgement.runs, judgement.failed) == (5, 2)
+    assert (judgement.failure_low, judgement.failure_high) == pytest.approx(stats.clopper_pearson(2, 5))
+
+
+def test_best_of_k_over_the_learned_runs():
+    # best of 3 chosen by the value itself, over the learned 96.5, 96.4, 96.6: one subset, the max
+    judgement = stats.judge_runs(96.6, VALUES, FAILED, k=3, printed=(96.595, 96.605))
+    assert judgement.expected_best == pytest.approx(96.6)
+    # a best of 3 among all five would have been judged over five runs
+    assert judgement.n == 3
+
+
+def test_fewer_than_three_learned_runs_are_not_enough():
+    judgement = stats.judge_runs(96.5, [96.5, 96.4, 87.0, 75.9], [False, False, True, True])
+    assert judgement.verdict == "not enough runs"
+    assert judgement.reason.startswith("2 runs to judge; a verdict needs 3; 2 of 4 runs failed (50%")
+
+
+def test_failed_runs_in_the_tables():
+    assert failed_run("diverged", None) and failed_run("finished", "6") and failed_run("finished", "1 3 8")
+    assert not failed_run("finished", "none") and not failed_run("finished", None)
+    rows = [{**dict.fromkeys(RUN_COLUMNS), "study": "t", "recipe": "nielsen_ch1_fc100", "lr": 3.0,
+             "published_lr": 3.0, "seed": i, "status": "finished", "selected_accuracy": value,
+             "published_accuracy": 96.59, "pipeline_check": False, "train_seconds": 1.0,
+             "unlearned_digits": "6" if failed else "none", "failed": failed}
+            for i, (value, failed) in enumerate(zip(VALUES, FAILED), 1)]
+    row = summarize(pd.DataFrame(rows, columns=RUN_COLUMNS)).iloc[0]
+    assert (row["finished"], row["failed"], row["learned"]) == (5, 2, 3)
+    assert (row["learned_mean"], row["learned_std"]) == pytest.approx((96.5, 0.1))
+    assert (row["failure_ci95_low"], row["failure_ci95_high"]) == pytest.approx(stats.clopper_pearson(2, 5))
+    # the mean's CI over all five runs (77.57 +- 2.776445 * 37.42 / sqrt(5)) is cut to [0, 100]
+    assert row["ci95_low"] >= 0 and row["ci95_high"] == 100.0
+
+
+def test_uninformative_intervals():
+    # mean 85, sd 4: 85 +- 2.776445 * 4 * sqrt(1.2) = 85 +- 12.17: wider than 10 points
+    wide = stats.judge(86.0, 85.0, 4.0, 5)
+    assert wide.verdict == "uninformative" and "24.3 points wide" in wide.reason
+    # seed_relu_wd01's record: one collapsed run makes the interval span 0-100%
+    record = [90.71, 11.35, 90.93, 88.24, 88.43]
+    mean, sd = sum(record) / 5, pd.Series(record).std()
+    assert stats.judge(85.31, mean, sd, 5).verdict == "uninformative"
+    assert stats.judge(85.31, mean, sd, 5).low == 0.0
+
+
+def test_rank_check_by_hand():
+    runs = [1.0, 2.0, 3.0, 4.0, 5.0]
+    # above all 5: one new run beats them all with probability 1/6; the best of 3 with 3/8
+    assert stats.rank_check(runs, (6, 6))[0] == pytest.approx(1 / 6)
+    assert stats.rank_check(runs, (6, 6), k=3)[0] == pytest.approx(3 / 8)
+    # above 4 of 5: a new run ranks 5th or 6th of 6 with probability 2/6 = 1 - C(5,2)/C(6,2)
+    assert stats.rank_check(runs, (4.5, 4.5))[0] == pytest.approx(1 / 3)
+    # below all 5: 1/6 for one run; the least of 3 runs chosen by validation is below them all
+    # with probability 3/8 (the bound for a run chosen by another number)
+    assert stats.rank_check(runs, (0, 0))[1] == pytest.approx(1 / 6)
+    assert stats.rank_check(runs, (0, 0), k=3, chosen_by_value=False)[1] == pytest.approx(3 / 8)
+    # the best of 3 by value below all 5: all three new runs under the 5 old, C(5,5)/C(8,5)
+    assert stats.rank_check(runs, (0, 0), k=3)[1] == pytest.approx(1 / 56)
+    # a printed value equal to a run counts against the verdict
+    assert stats.rank_check(runs, (5, 5))[0] == pytest.approx(1 / 3)
+
+
+def test_rank_check_beside_the_interval():
+    # n = 5, mean 98, sd 0.1: 98.31 is above the normal interval, but 5 runs cannot give a rank
+    # p below 1/6: the two disagree and the judgement says what each found
+    judgement = stats.judge(98.31, 98.0, 0.1, 5, printed=(98.305, 98.315),
+                            values=[97.9, 97.95, 98.0, 98.05, 98.1])
+    assert (judgement.verdict, judgement.rank_verdict) == ("above", "consistent")
+    assert judgement.rank_p == pytest.approx(1 / 6)
+
+
+def test_prediction_p_matches_the_interval():
+    low, high = stats.prediction_interval(98.0, 0.1, 5)
+    assert stats.prediction_p((high, high), 98.0, 0.1, 5) == pytest.approx(0.05)
+    assert stats.prediction_p((low, low), 98.0, 0.1, 5) == pytest.approx(0.05)
+    assert stats.prediction_p((97.9, 98.1), 98.0, 0.1, 5) == 1.0
+
+
+def test_shapiro_wilk():
+    # the issue's seed_relu_wd01 runs: one collapse, the normal model rejected
+    assert stats.normality_p([90.71, 11.35, 90.93, 88.24, 88.43]) == pytest.approx(0.0004, abs=2e-4)
+    assert stats.normality_p([1.0, 2.0, 3.0]) == pytest.approx(1.0)  # evenly spaced: perfectly normal
+    assert math.isnan(stats.normality_p([1.0, 2.0])) and math.isnan(stats.normality_p([1.0] * 4))
+
+
+def test_holm_by_hand():
+    # sorted: 0.01, 0.03, 0.04, 0.5 (m = 4): 4 * 0.01 = 0.04; 3 * 0.03 = 0.09; 2 * 0.04 = 0.08,
+    # kept at 0.09 (monotone); 1 * 0.5 = 0.5. nan is no test and does not count in m.
+    adjusted = stats.holm([0.01, 0.04, 0.03, math.nan, 0.5])
+    assert adjusted[:3] == pytest.approx([0.04, 0.09, 0.09]) and adjusted[4] == pytest.approx(0.5)
+    assert math.isnan(adjusted[3])
+    assert stats.holm([0.3, 0.6]) == pytest.approx([0.6, 0.6])
+
+
+def test_ensemble_subset_interval_by_hand():
+    # four votes 99.0-99.3 (mean 99.15), central 95%: 99.0 and 99.3; 4 of 6 nets:
+    # stretched by sqrt((6 + 2) / (6 - 2)) = sqrt(2): 99.15 -+ 0.15 * sqrt(2) = 98.937868, 99.362132
+    judgement = stats.judge_subset_votes([99.2, 99.0, 99.3, 99.1], (99.35, 99.35), nets=6, k=2)
+    assert (judgement.low, judgement.high) == pytest.approx((98.937868, 99.362132), abs=1e-6)
+    assert judgement.verdict == "consistent"
+    # stretched votes 98.94, 99.08, 99.22, 99.36: one of four reaches 99.35
+    assert (judgement.rank_p, judgement.p_value) == pytest.approx((0.25, 0.5))
+    assert stats.judge_subset_votes([99.2, 99.0, 99.3, 99.1], (99.37, 99.37), 6, 2).verdict == "above"
