@@ -314,19 +314,21 @@ def judge_recipes(runs: pd.DataFrame, summary: pd.DataFrame, metrics: dict[int, 
         judged_runs = judged_runs[(judged_runs["status"] == "diverged") | (
             (judged_runs["status"] == "finished") & judged_runs["selected_accuracy"].notna())]
         finished = judged_runs[judged_runs["status"] == "finished"]
-        learned = finished[~finished["failed"].astype(bool)]
+
         chooser = judged_runs["selected_val_accuracy" if recipe.best_chosen_by == "validation"
                               else "selected_accuracy"].astype(float).tolist()
         printed = (stats.printed_range(published_row["published_accuracy_pct"], recipe.printed_as)
                    if published is not None else None)
         changed = settings_changed(recipe, [metrics[i].get("config") or {} for i in index])
+        learned = finished[~finished["failed"].astype(bool)]
         detail = {}
         if recipe.kind == "ensemble" and published is not None and not pipeline_check and not changed:
             judgement, detail = judge_ensemble(recipe, runs, metrics, printed)
-        else:
+        else:  # runs that are not the published recipe's (a pipeline check) fail nothing of it
+            not_judged = pipeline_check or bool(changed)
             judgement = stats.judge_runs(
                 published, judged_runs["selected_accuracy"].astype(float).tolist(),
-                judged_runs["failed"].astype(bool).tolist(), k=k,
+                [False] * len(judged_runs) if not_judged else judged_runs["failed"].astype(bool).tolist(), k=k,
                 chooser=chooser if recipe.best_chosen_by == "validation" else None,
                 printed=printed, pipeline_check=pipeline_check, settings_changed=changed,
                 deterministic=recipe.kind == "baseline")
