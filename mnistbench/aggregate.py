@@ -78,7 +78,7 @@ def missed_a_digit(unlearned: pd.Series) -> pd.Series:
 def failed_run(status: str | None, unlearned: str | None) -> bool:
     """stats.FAILED_RULE: the run diverged, or never learned some digit. An ensemble vote, a
     baseline or a run without per-digit recall is not known to have failed."""
-    return status == "diverged" or (unlearned is not None and unlearned != "none")
+    return status == "diverged" or (isinstance(unlearned, str) and unlearned != "none")
 
 
 def selected_val_accuracy(metrics: dict) -> float | None:

@@ -674,16 +674,21 @@ def findings_table(study_dir) -> str:
         return "No finished runs in the record yet."
     runs, summary = load_tables(study_dir)
     metrics = load_metrics(runs, study_dir)
-    lines = ["| published number | published | replicated (mean ± sd, runs) | verdict |",
-             "| --- | --: | --: | --- |"]
+    lines = ["| published number | published | replicated (mean ± sd, runs that learned) | failed runs | verdict |",
+             "| --- | --: | --: | --: | --- |"]
     for r in judge_recipes(runs, summary, metrics, pipeline_check=False):
         name = f"`{r['recipe']}`" + (f" (best of {r['k']} by {r['best_chosen_by']})" if r["k"] > 1 else "")
         if r["variant"]:
             name += f", variant of `{r['published_id']}`"
         published = r["published_text"] or "–"
-        replicated = (f"{_fmt(r['mean'])} ± {_fmt(r['sd'])} ({r['n']})" if r["n"] > 1
-                      else f"{_fmt(r['mean'])} ({r['n']})" if r["n"] else "–")
-        lines.append(f"| {name} | {published} | {replicated} | {r['verdict']} |")
+        if r["ensemble"]:
+            replicated = f"{_fmt(r['mean'])} ± {_fmt(r['sd'])} ({r['ensemble']['subsets']:,} votes of {r['ensemble']['nets']} nets)"
+        else:
+            replicated = (f"{_fmt(r['mean'])} ± {_fmt(r['sd'])} ({r['n']})" if r["n"] > 1
+                          else f"{_fmt(r['mean'])} ({r['n']})" if r["n"] else "–")
+        failed = (f"{r['failed']} of {r['judged_runs']} ({r['failure_low']:.0f}-{r['failure_high']:.0f}%)"
+                  if r["failed"] else "0" if r["judged_runs"] else "–")
+        lines.append(f"| {name} | {published} | {replicated} | {failed} | {r['verdict']} |")
     return "\n".join(lines)
 
 
