@@ -209,7 +209,7 @@ def judge_ensemble(recipe, runs: pd.DataFrame, metrics: dict[int, dict],
         "reach": int((book >= printed[0]).sum()),
         "reach_lowest": int((votes["lowest"] >= printed[0]).sum()),
         "changed": int((book != votes["lowest"]).sum()),
-        "shift": float((book - votes["lowest"]).mean()),
+        "shift": float((votes["lowest"] - book).mean()),  # what the deviation does
         "lowest": lowest,
     }
     return judgement, detail
@@ -276,8 +276,10 @@ def short_why(recipe, judgement: stats.Judgement, detail: dict, published_text: 
     if detail:
         return (f"{detail['reach']} of {detail['subsets']:,} five-net votes of {detail['nets']} "
                 f"nets reach {published_text}%")
+    normality = (f"Shapiro-Wilk rejects a normal model (p = {judgement.normality_p:.4f})"
+                 if judgement.normality_p < 0.05 else "")
     if judgement.verdict not in ("above", "below"):
-        return failures
+        return "; ".join(filter(None, [failures, normality]))
     centre = judgement.expected_best if judgement.k > 1 else judgement.mean
     images = round(abs((printed[0] if judgement.verdict == "above" else printed[1]) - centre) * 100)
     side = "short of" if judgement.verdict == "above" else "above"
