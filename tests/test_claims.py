@@ -122,11 +122,12 @@ def test_a_recipe_and_claim_of_ones_own_take_the_path_of_a_shipped_row(tmp_path,
     rows = {r["recipe"]: r for r in judge_recipes(runs, summary, load_metrics(runs, study_dir), False)}
     mine = rows["small_fc"]
     finished = runs[runs["recipe"] == "small_fc"]
-    expected = stats.judge(60.0, finished["selected_accuracy"].mean(), finished["selected_accuracy"].std(),
-                           3, k=3, chooser=finished["selected_accuracy"].tolist(),
-                           values=finished["selected_accuracy"].tolist(), printed=stats.printed_range("60.0", "rounded"))
+    # judged as a shipped row is: runs that never learned a digit are counted apart (stats.judge_runs)
+    expected = stats.judge_runs(60.0, finished["selected_accuracy"].tolist(), finished["failed"].tolist(),
+                                k=3, printed=stats.printed_range("60.0", "rounded"))
     assert (mine["verdict"], mine["k"], mine["user_defined"]) == (expected.verdict, 3, True)
-    assert mine["verdict"] not in ("settings changed", "not enough runs", "no published number")
+    assert (mine["failed"], mine["judged_runs"]) == (expected.failed, 3)
+    assert mine["verdict"] not in ("settings changed", "no published number")
     assert rows["small_fc_relu"]["verdict"] == "no published number"
     build_report(study_dir, tmp_path / "report", spec)
     page = (tmp_path / "report" / "README.md").read_text()
