@@ -26,12 +26,9 @@ vote. The lowest-digit rule, what mnistbench used before, is kept as a measured 
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import itertools
 import math
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -101,18 +98,12 @@ def subset_votes(predictions: list[str], labels, rule: str = "book",
     return accuracies
 
 
-LABELS_FILE = Path(__file__).with_name("t10k-labels-idx1-ubyte.gz")  # MNIST's own file, 4.5 kB
+def official_test_labels(data_dir=None) -> np.ndarray:
+    """The 10,000 official test labels, from MNIST itself (data.load_mnist: --data-dir,
+    $MNISTBENCH_DATA_DIR or ./data, fetched like any training job's data if missing)."""
+    from .data import load_mnist
 
-
-def official_test_labels() -> np.ndarray:
-    """The 10,000 official test labels, from the copy of MNIST's label file shipped with the
-    package (checked against MNIST's md5): the report judges ensembles without the data set."""
-    from .data import MNIST_FILES
-
-    raw = LABELS_FILE.read_bytes()
-    if hashlib.md5(raw).hexdigest() != MNIST_FILES[LABELS_FILE.name]:
-        raise ValueError(f"{LABELS_FILE} is not MNIST's test label file")
-    return np.frombuffer(gzip.decompress(raw)[8:], dtype=np.uint8)  # after the idx1 header
+    return load_mnist(data_dir)[3].numpy()
 
 
 def vote(recipe, members: list[tuple[str, dict]], group: int, test_labels: torch.Tensor) -> dict:
