@@ -1,7 +1,7 @@
 """Which way of running the replication campaign trains the most images per second on this CPU.
 
-    python benchmarks/campaign.py                        # nielsen_ch6_dbl_conv, 2 cores
-    python benchmarks/campaign.py --recipe seed_relu --images 6000 --repeats 3
+    .venv/bin/python benchmarks/campaign.py                        # nielsen_ch6_dbl_conv, 2 cores
+    .venv/bin/python benchmarks/campaign.py --recipe seed_relu --images 6000 --repeats 3
 
 Each configuration trains the recipe for one epoch on the first --images training images, as
 real `mnistbench` processes (the way Snakemake runs jobs), and the machine's training throughput
@@ -66,7 +66,7 @@ def measure(config: str, opts, workdir: Path) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipe", default="nielsen_ch6_dbl_conv")
     parser.add_argument("--images", type=int, default=5000, help="training images per run")
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 2)

@@ -45,7 +45,7 @@ def cpu_seconds(recipe, images: int, data_dir: str) -> tuple[float, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--study", default="replication")
     parser.add_argument("--config", default="config/config.yaml")
     parser.add_argument("--recipes", nargs="*",

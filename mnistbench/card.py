@@ -45,7 +45,9 @@ def card(recipe_id: str, config: dict | None = None, results: str | Path = "resu
     folder = run_dir("<study>", recipe_id, lr, results=results).parent / example / RECORD_FILE
     fields += [("run records", str(folder)),
                ("tables", f"{Path(results, '<study>', 'summary.csv')}: rows with recipe {recipe_id}"),
-               ("report", f"reports/<study>/index.html#r-{recipe_id}; reports/replication/README.md#{recipe_id}")]
+               # the tracked page holds the replication study's recipes only, never a user's own
+               ("report", f"reports/<study>/index.html#r-{recipe_id}"
+                          + ("" if recipe.user_defined else f"; reports/replication/README.md#{recipe_id}"))]
     recorded = [read_record(p) for p in find_records(Path(results, "replication"))
                 if p.parent.parent.parent.name == recipe_id]
     done = [r for r in recorded if is_finished(r)]

@@ -371,7 +371,8 @@ def cmd_progress(args) -> None:
             print("next in Snakemake's order: " + ", ".join(f"{r.recipe} lr {r.lr} seed {r.seed}" for r in upcoming))
     print(f"{args.study}: {p.published_done}/{p.published_total} published numbers with enough runs; "
           f"{p.runs_done}/{p.runs_planned} runs finished; {p.core_hours_done:.1f} core-hours done, "
-          f"about {p.core_hours_left:.1f} core-hours left")
+          + (f"about {p.core_hours_left:.1f} core-hours left" if p.core_hours_left >= 0.05 or not p.core_hours_left
+             else f"about {max(1, round(p.core_hours_left * 60))} core-minutes left"))
 
 
 def cmd_audit(args) -> None:
@@ -412,8 +413,8 @@ DESCRIPTIONS = {
     "train": "Train one run of a recipe and write DIR/metrics.json and DIR/model.pt "
              "(DIR/checkpoint.pt after every epoch while it trains; an interrupted run resumes "
              "from it). Reads MNIST (downloads it into ./data once). Costs the recipe's epochs: "
-             "from under a core-minute (the dense nets) to about 10 core-hours (the dropout "
-             "net); 'mnistbench recipes ID' shows a recipe's epochs and images. Uses one torch "
+             "from under a core-minute (the dense nets) to several core-hours (the dropout and "
+             "expanded-data nets: 'mnistbench progress' estimates each); 'mnistbench recipes ID' shows a recipe's epochs and images. Uses one torch "
              "thread by default (the fastest at these mini-batches when other work shares the CPU).",
     "train-batch": "Train seeds x learning rates of one recipe together as one stacked model (fast "
                    "on a GPU, slower than separate one-thread jobs on a CPU) and write each run's "
@@ -598,6 +599,12 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         COMMANDS[args.command](args)
     except UsageError as err:
+        print(f"mnistbench: error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # MNIST missing for a command that reads it (report, findings, ...)
+        from .data import DataError  # imported here: the CLI starts faster without torch
+        if not isinstance(err, DataError):
+            raise
         print(f"mnistbench: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -54,8 +54,9 @@ def _missing_files_message(raw: Path) -> str:
     names = ", ".join(MNIST_FILES)
     return (
         f"MNIST not found in {raw} and it could not be downloaded. Put the four official files "
-        f"({names}) into {raw}/, or point --data-dir / MNISTBENCH_DATA_DIR at a folder that has "
-        f"them under MNIST/raw/."
+        f"({names}) into {raw}/, set MNISTBENCH_MNIST_MIRROR to a folder holding them (copied "
+        f"from there), or point --data-dir / MNISTBENCH_DATA_DIR at a folder that has them under "
+        f"MNIST/raw/."
     )
 
 

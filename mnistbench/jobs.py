@@ -94,7 +94,7 @@ def train_into(recipe, seed: int, out: str | Path, *, lr: float | None = None, e
     _write(out, result, trackers[0], study, pipeline_check)
     if log:
         log(f"{result['status']}: selected accuracy {result['selected_accuracy']}% "
-            f"(published {recipe.published_accuracy}%) -> {out / RECORD_FILE}")
+            f"({_published(recipe)}) -> {out / RECORD_FILE}")
     return result
 
 
@@ -150,7 +150,7 @@ def train_batch_into(recipe, seeds: Sequence[int], out_pattern: str, *, lrs: Seq
         _write(out, result, tracker, study, pipeline_check)
         if log:
             log(f"{result['status']}: lr {result['lr']:g} seed {result['seed']} selected accuracy "
-                f"{result['selected_accuracy']}% (published {recipe.published_accuracy}%) -> {out / RECORD_FILE}")
+                f"{result['selected_accuracy']}% ({_published(recipe)}) -> {out / RECORD_FILE}")
     return results
 
 
@@ -197,8 +197,14 @@ def vote_into(recipe, members: Sequence[str | Path], out: str | Path, *, group: 
     if log:
         log(f"{recipe.id} group {group}: {result['note']}: "
             + (f"{result['selected_accuracy']}%" if result["status"] == "finished" else result["status"])
-            + f" (published {recipe.published_accuracy}%) -> {out / RECORD_FILE}")
+            + f" ({_published(recipe)}) -> {out / RECORD_FILE}")
     return result
+
+
+def _published(recipe) -> str:
+    """'published 98.78%', or that the source printed no number (the tutorials' nets)."""
+    return ("no published number" if recipe.published_accuracy is None
+            else f"published {recipe.published_accuracy:g}%")
 
 
 def _end_stretches(result: dict, started: float) -> None:

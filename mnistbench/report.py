@@ -151,18 +151,20 @@ def unlearned_note(runs: pd.DataFrame) -> str | None:
             f"{UNLEARNED_RECALL:g}%): {detail}")
 
 
-def reached_note(records: list[dict], published_text: str, printed_low: float) -> str | None:
-    """For a published number above the runs: how many runs' test accuracy touched it (the
-    lowest value its printed digits stand for) at some epoch. Runs that touched it say the gap
-    is which epoch or run the rule selects; runs that never did say the nets fall short."""
-    peaks = [max(tests) for m in records
-             if (tests := [e["test_accuracy"] for e in m.get("history") or []
-                           if e.get("test_accuracy") is not None])]
+def reached_note(records: list[dict], published_text: str, printed_low: float,
+                 split: str = "test") -> str | None:
+    """For a published number above the runs: how many runs' accuracy on the split the source
+    reported (test, or validation for the book's validation numbers) touched it (the lowest
+    value its printed digits stand for) at some epoch. Runs that touched it say the gap is which
+    epoch or run the rule selects; runs that never did say the nets fall short."""
+    key = "val_accuracy" if split == "validation" else "test_accuracy"
+    peaks = [max(accuracies) for m in records
+             if (accuracies := [e[key] for e in m.get("history") or [] if e.get(key) is not None])]
     if not peaks:
         return None
     reached = sum(peak >= printed_low for peak in peaks)
     return (f"{reached} of {len(peaks)} runs reached {published_text}% at some epoch "
-            f"(peak test accuracy {max(peaks):.2f}%)")
+            f"(peak {split} accuracy {max(peaks):.2f}%)")
 
 
 def vote_note(records: list[dict]) -> str | None:
@@ -354,7 +356,7 @@ def judge_recipes(runs: pd.DataFrame, summary: pd.DataFrame, metrics: dict[int, 
                  unlearned_note(runs.loc[index]) if judged else None,
                  pick if short else None,
                  reached_note([metrics[i] for i in learned.index], published_row["published_accuracy_pct"],
-                              printed[0])
+                              printed[0], recipe.selection_split)
                  if short and judgement.verdict == "above" else None,
                  normality_note(judgement) if judged else None,
                  rank_note(judgement, k) if judged else None,

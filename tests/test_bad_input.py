@@ -379,3 +379,15 @@ def test_docs_and_findings_rewrite_tracked_files_only_with_write(tmp_path):
     assert "an old table" in readme.read_text() and "--write" in shown.stderr
     assert mnistbench("findings", "--study-dir", str(study), "--readme", str(readme), "--write").returncode == 0
     assert "No finished runs in the record yet." in readme.read_text()
+
+
+def test_reading_commands_without_mnist_say_so_in_one_line(monkeypatch, capsys):
+    """`findings` and `report` score the ensemble's votes on MNIST's test labels: without MNIST
+    they end in the same one-line error as training, not a traceback."""
+    from mnistbench import cli, data
+
+    def missing(*args, **kwargs):
+        raise data.DataError("MNIST not found in data/MNIST/raw")
+    monkeypatch.setattr(data, "load_mnist", missing)
+    assert cli.main(["findings"]) == 2
+    assert capsys.readouterr().err.splitlines() == ["mnistbench: error: MNIST not found in data/MNIST/raw"]

@@ -89,7 +89,7 @@ def _audit(*records: Path, cwd: Path) -> str:
     return result.stdout
 
 
-def test_a_recipe_and_claim_of_ones_own_take_the_path_of_a_shipped_row(tmp_path, data_dir, monkeypatch):
+def test_a_recipe_and_claim_of_ones_own_take_the_path_of_a_shipped_row(tmp_path, data_dir, monkeypatch, capsys):
     config = {"recipes": MINE, "studies": {"mine": {"recipes": list(MINE), "seeds": [1, 2, 3]}}}
     (tmp_path / "my.yaml").write_text(yaml.safe_dump(config))
     define(MINE)
@@ -134,8 +134,11 @@ def test_a_recipe_and_claim_of_ones_own_take_the_path_of_a_shipped_row(tmp_path,
     assert "[`small_fc`](#small_fc) (user-defined) | 60.0 |" in page
     assert "user-defined in the study's config (base nielsen_ch1_fc30)" in page
 
-    # the card, from the config file
+    # the card, from the config file: its report is the study's, never the tracked replication page
+    capsys.readouterr()
     assert cli.main(["recipes", "small_fc", "--configfile", str(tmp_path / "my.yaml")]) == 0
+    card = capsys.readouterr().out
+    assert "reports/<study>/index.html#r-small_fc" in card and "reports/replication" not in card
 
     # the audit: a fresh process, no config anywhere
     audited = _audit(*(r.path("mine", results) for r in plan[:1] + plan[3:4]), cwd=tmp_path / "report")

@@ -138,6 +138,14 @@ def test_a_missed_number_says_whether_any_epoch_reached_it():
     assert reached_note(records, "99.60", low) == ("2 of 3 runs reached 99.60% at some epoch "
                                                    "(peak test accuracy 99.61%)")
     assert reached_note([{"history": []}, {}], "99.60", low) is None  # nothing per epoch to read
+    # A number the source measured on validation (the book's 98.04%) is looked for there
+    records = [{"history": [{"epoch": 1, "test_accuracy": 98.10, "val_accuracy": 97.90}]},
+               {"history": [{"epoch": 1, "test_accuracy": 97.80, "val_accuracy": 98.05}]}]
+    low, _ = stats.printed_range("98.04")
+    assert reached_note(records, "98.04", low, "validation") == (
+        "1 of 2 runs reached 98.04% at some epoch (peak validation accuracy 98.05%)")
+    assert reached_note(records, "98.04", low) == ("1 of 2 runs reached 98.04% at some epoch "
+                                                   "(peak test accuracy 98.10%)")
 
 
 def test_an_ensembles_reason_says_what_the_vote_added():
