@@ -300,19 +300,25 @@ def log_study(study_dir: Path, report_dir: Path | None = None, study_config: dic
         client = MlflowClient()
         experiment_id = _experiment_id(client, study)
         parents = _study_parents(client, experiment_id, study)
+        children = [run for run in _live_runs(client, experiment_id)
+                    if RUN_KEY_TAG in run.data.tags]  # not the parents, nor runs of other tools
+        # The parent spans its runs as they happened: from the first run's start to the last
+        # one's end. A replay (mlflow-sync of a record trained elsewhere, or long ago) creates
+        # its runs with their recorded times, but its first replayed run made the parent now.
+        first = min((run.info.start_time for run in children if run.info.start_time), default=None)
+        last = max((run.info.end_time for run in children if run.info.end_time), default=None)
         same = [p for p in parents if p.data.tags.get(RESULT_TAG) == digest]
-        empty = [p for p in parents if RESULT_TAG not in p.data.tags]  # created by a job, not filled
+        empty = [p for p in parents if RESULT_TAG not in p.data.tags  # created by a job, not filled
+                 and (first is None or p.info.start_time <= first)]
         if same:
             parent_id = same[0].info.run_id
         elif empty:
             parent_id = empty[0].info.run_id
         else:
-            parent_id = client.create_run(experiment_id, run_name=f"study {study}",
+            parent_id = client.create_run(experiment_id, start_time=first, run_name=f"study {study}",
                                           tags={STUDY_KEY_TAG: study}).info.run_id
         moved, inputs = 0, {}
-        for run in _live_runs(client, experiment_id):
-            if RUN_KEY_TAG not in run.data.tags:  # the parents, or runs not logged by mnistbench
-                continue
+        for run in children:
             if run.data.tags.get(PARENT_TAG) != parent_id:
                 client.set_tag(run.info.run_id, PARENT_TAG, parent_id)
                 moved += 1
@@ -351,7 +357,7 @@ def log_study(study_dir: Path, report_dir: Path | None = None, study_config: dic
                 "pipeline_check": str(bool(summary is not None and summary["pipeline_check"].any())),
                 NOTE: study_note(study, study_config, totals, counts, files)}.items()])
         client.set_tag(parent_id, RESULT_TAG, digest)
-        client.set_terminated(parent_id, "FINISHED")
+        client.set_terminated(parent_id, "FINISHED", end_time=last)
     log(f"study {study}: logged its tables, {len(files)} report files and {len(inputs)} datasets "
         f"to MLflow parent run {parent_id}" + (f"; {moved} runs moved under it" if moved else "")
         + f"; its runs: {ui_link(experiment_id)}")

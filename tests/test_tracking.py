@@ -196,4 +196,8 @@ def test_a_replayed_run_keeps_when_it_trained_and_a_name_that_tells_it_apart(sto
     assert runs["2"].info.end_time == ms("2026-11-26T12:00:00Z")
     assert runs["2"].info.end_time - runs["2"].info.start_time == 5_300_000  # at least its training
     assert runs["1"].info.run_name == "s1 ch1_fc30 lr=3"
+    # the study's parent spans its runs as they happened, not the minutes of the replay
+    [parent] = tracking._study_parents(client, experiment_id, STUDY)
+    assert (parent.info.start_time, parent.info.end_time) == (ms("2026-11-24T10:00:00Z"), ms("2026-11-26T12:00:00Z"))
+    assert {r.data.tags[tracking.PARENT_TAG] for r in runs.values()} == {parent.info.run_id}
     assert tracking.run_name("replication/nielsen_ch6_ensemble/lr=0.03/group=2") == "g2 ch6_ensemble lr=0.03"
