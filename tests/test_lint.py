@@ -108,3 +108,26 @@ def test_the_baseline_rows_are_the_baselines_that_run():
 
     kinds = {r.id for r in shipped_recipes().values() if r.kind == "baseline"}
     assert set(BASELINES) == set(BASELINE_IDS) == kinds
+
+
+BARE_COMMAND = re.compile(r"^\s*(?:[A-Z_]+=\S+\s+)*(mnistbench|snakemake|mlflow|python)\s")
+
+
+def bare_commands(markdown: str) -> list[str]:
+    """Lines of fenced code blocks that call the environment's programs without `.venv/bin/`:
+    a plain shell answers them with 'command not found' (nothing in the docs activates it)."""
+    found, inside = [], False
+    for line in markdown.splitlines():
+        if line.lstrip().startswith("```"):
+            inside = not inside
+        elif inside and BARE_COMMAND.match(line):
+            found.append(line.strip())
+    return found
+
+
+def test_the_docs_print_commands_that_run_as_printed():
+    assert bare_commands("```bash\nmnistbench progress\n.venv/bin/mnistbench progress\n```\nmnistbench x\n"
+                         "```\nMNISTBENCH_DATA_DIR=d python benchmarks/campaign.py\n```") == [
+        "mnistbench progress", "MNISTBENCH_DATA_DIR=d python benchmarks/campaign.py"]
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        assert bare_commands(path.read_text()) == [], path.name
