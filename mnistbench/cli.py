@@ -601,12 +601,6 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         print(f"mnistbench: error: {err}", file=sys.stderr)
         return 2
-    except Exception as err:  # MNIST missing for a command that reads it (report, findings, ...)
-        from .data import DataError  # imported here: the CLI starts faster without torch
-        if not isinstance(err, DataError):
-            raise
-        print(f"mnistbench: error: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("mnistbench: interrupted", file=sys.stderr)
         return 130
@@ -614,6 +608,12 @@ def main(argv: list[str] | None = None) -> int:
         # Python would report the failed flush of stdout at exit; point it at /dev/null first.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE  # what a command killed by SIGPIPE returns
+    except Exception as err:  # after BrokenPipeError, which is one too: MNIST missing (report, findings)
+        from .data import DataError  # imported here: the CLI starts faster without torch
+        if not isinstance(err, DataError):
+            raise
+        print(f"mnistbench: error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 
