@@ -60,12 +60,11 @@ def _check_writable(out: Path) -> None:
 
 def _job(function, *args, **kwargs):
     """Run a job of mnistbench.jobs; its bad-input errors become one-line usage errors."""
-    from .data import DataError
     from .train import CheckpointError
 
-    try:
+    try:  # a DataError (MNIST missing or corrupt) is main's to report, as for every command
         return function(*args, **kwargs)
-    except (DataError, CheckpointError, ValueError) as err:
+    except (CheckpointError, ValueError) as err:
         raise UsageError(str(err)) from None
 
 
@@ -173,12 +172,9 @@ def _recipe(args):
 
 
 def cmd_download(args) -> None:
-    from .data import DataError, load_mnist, resolve_data_dir
+    from .data import load_mnist, resolve_data_dir
 
-    try:
-        train_x, _, test_x, _ = load_mnist(args.data_dir, download=True)
-    except DataError as err:
-        raise UsageError(str(err)) from None
+    train_x, _, test_x, _ = load_mnist(args.data_dir, download=True)
     raw = resolve_data_dir(args.data_dir) / "MNIST" / "raw"
     log(f"MNIST ready in {raw}: {len(train_x):,} training and {len(test_x):,} test images, md5 checked")
 
@@ -377,7 +373,6 @@ def cmd_progress(args) -> None:
 
 def cmd_audit(args) -> None:
     from .audit import audit
-    from .data import DataError
     from .definitions import DefinitionError
     from .record import RecordError
 
@@ -386,7 +381,7 @@ def cmd_audit(args) -> None:
         try:  # an audit trains (or votes) again, so it meets the same bad input as `train`
             result = audit(path, epochs=args.epochs, data_dir=args.data_dir,
                            log=None if args.quiet else log)
-        except (RecordError, DataError, DefinitionError) as err:
+        except (RecordError, DefinitionError) as err:
             raise UsageError(str(err)) from None
         print(result.summary(), flush=True)
         worst = max(worst, result.exit_status, key=lambda status: (status == 1, status))

@@ -163,6 +163,13 @@ def test_audit_without_mnist_says_where_to_put_it(tmp_path):
     assert_one_line_error(result, "MNIST not found", "train-images-idx3-ubyte.gz")
 
 
+def test_download_without_a_route_says_where_to_put_it(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = mnistbench("download", "--data-dir", str(empty), env=offline_env(empty), timeout=120)
+    assert_one_line_error(result, "MNIST not found", "train-images-idx3-ubyte.gz")
+
+
 def test_corrupted_archive(data_dir, tmp_path):
     raw = copy_mnist(data_dir, tmp_path / "data", unpacked=False)
     archive = raw / "train-labels-idx1-ubyte.gz"
