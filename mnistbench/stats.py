@@ -294,9 +294,12 @@ def judge(published: float | None, mean: float, sd: float, n: int, *, k: int = 1
     reason = ""
     if raw[1] - raw[0] > MAX_WIDTH or raw[0] <= 0 or raw[1] >= 100:
         verdict = "uninformative"
+        # The report prints the interval clipped to the scale; where the normal model's interval
+        # runs past it, give both, so that the two upper (or lower) ends shown do not disagree.
+        clipped = f" ({low:.2f}-{high:.2f} clipped to the scale)" if (low, high) != tuple(raw) else ""
         reason = (f"the 95% interval {raw[0]:.2f}-{raw[1]:.2f} "
                   + (f"is {raw[1] - raw[0]:.1f} points wide" if raw[1] - raw[0] > MAX_WIDTH
-                     else "reaches " + ("0%" if raw[0] <= 0 else "100%")))
+                     else "reaches " + ("0%" if raw[0] <= 0 else "100%")) + clipped)
     extra = {}
     if values:
         p_above, p_below = rank_check(values, printed, k, by_value)

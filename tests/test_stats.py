@@ -152,6 +152,8 @@ def test_verdicts_against_the_prediction_interval():
     reaching = stats.judge(99.9, 99.8, 0.1, 5)
     assert (reaching.low, reaching.high) == pytest.approx((99.495856, 100.0), abs=1e-6)
     assert reaching.verdict == "uninformative" and "reaches 100%" in reaching.reason
+    # the reason names the interval before and after clipping, so the page's two ends agree
+    assert "99.50-100.10" in reaching.reason and "99.50-100.00 clipped" in reaching.reason
 
 
 def test_verdicts_without_a_replication_verdict():
