@@ -254,9 +254,11 @@ def rank_note(judgement: stats.Judgement, k: int) -> str | None:
     if not judgement.rank_verdict or judgement.rank_verdict == judgement.verdict \
             or judgement.verdict not in ("consistent", "above", "below"):
         return None
-    floor = k / (judgement.n + k)
+    if judgement.rank_floor >= (1 - stats.LEVEL) / 2:
+        return (f"the rank check (no normal model) cannot decide with {judgement.n} runs (its "
+                f"smallest one-sided p is {judgement.rank_floor:.3f}; here {judgement.rank_p:.3f})")
     return (f"the rank check (no normal model) says {judgement.rank_verdict} (one-sided p "
-            f"{judgement.rank_p:.3f}; {judgement.n} runs cannot give less than {floor:.3f})")
+            f"{judgement.rank_p:.3f}; {judgement.n} runs cannot give less than {judgement.rank_floor:.3f})")
 
 
 def normality_note(judgement: stats.Judgement) -> str | None:
@@ -290,7 +292,9 @@ def short_why(recipe, judgement: stats.Judgement, detail: dict, published_text: 
         return f"{round(abs(judgement.mean - printed[0]) * 100)} test images apart"
     parts = [f"{what} ({centre:.2f}%) is {images} test images {side} it", pick or "",
              "a variant: another reading of the source" if recipe.variant else "",
-             f"rank check: {judgement.rank_verdict}" if judgement.rank_verdict not in ("", judgement.verdict) else ""]
+             ("rank check: cannot decide" if judgement.rank_floor >= (1 - stats.LEVEL) / 2
+              else f"rank check: {judgement.rank_verdict}")
+             if judgement.rank_verdict not in ("", judgement.verdict) else ""]
     return "; ".join(filter(None, parts))
 
 
@@ -398,7 +402,7 @@ def judge_recipes(runs: pd.DataFrame, summary: pd.DataFrame, metrics: dict[int, 
             "pi_low": judgement.low, "pi_high": judgement.high,  # the verdict's interval
             "expected_best": judgement.expected_best, "p_value": judgement.p_value,
             "rank_p": judgement.rank_p, "rank_verdict": judgement.rank_verdict,
-            "normality_p": judgement.normality_p, "ensemble": detail,
+            "rank_floor": judgement.rank_floor, "normality_p": judgement.normality_p, "ensemble": detail,
             "verdict": judgement.verdict, "reason": reason, "why": why, "run_index": index,
             "core_hours": cost,
         })
@@ -739,6 +743,9 @@ def build_report(study_dir, out_dir, study_config: dict | None = None) -> Path:
         "pipeline_check": pipeline_check, "rows": rows, "sections": sections, "figures": made,
         "verdicts": stats.VERDICTS, "failed_rule": stats.FAILED_RULE, "max_width": f"{stats.MAX_WIDTH:g}",
         "tested": rows[0]["tested"] if rows else 0,
+        # the verdicts that reject the published number, and how many survive Holm's adjustment
+        "off_side": sum(r["verdict"] in ("above", "below") and not math.isnan(r["p_holm"]) for r in rows),
+        "surviving": sum(r["verdict"] in ("above", "below") and r["p_holm"] < 0.05 for r in rows),
         "counts": pd.Series([r["verdict"] for r in rows]).value_counts().to_dict(),
         "min_runs": stats.MIN_RUNS, "unlearned_recall": f"{UNLEARNED_RECALL:g}",
         "experiment": experiment_name(study),

@@ -8,12 +8,17 @@ model of run-to-run variation, one new run lies with 95% probability in the pred
     mean +- t(0.975, n - 1) * sd * sqrt(1 + 1/n),
 
 which is wider than the confidence interval of the mean (sd / sqrt(n)) because it also holds the
-new run's own spread. The mean, sd and the mean's confidence interval come from the study tables
-(mnistbench.aggregate.summarize); this module adds what the verdict needs on top of them:
+new run's own spread. It is the posterior predictive of that normal model under the standard
+noninformative prior; for the best of k runs (chosen as the source chose: by the value itself, or
+by validation, a second number modelled jointly) the same predictive is simulated
+(best_of_k_predictive), since the best of k has no closed form. The mean, sd and the mean's
+confidence interval come from the study tables (mnistbench.aggregate.summarize); this module adds
+what the verdict needs on top of them:
 
 - failed runs apart (judge_runs): a run that diverged or never learned a digit is a failure, a
   finding of its own with an exact (Clopper-Pearson) interval for the failure rate; the verdict
-  is drawn over the runs that learned, under the source's selection rule;
+  is drawn over the runs that learned, under the source's selection rule (in a best of k, a
+  failed run loses to any run that learned);
 - no verdict on an interval that says nothing (wider than MAX_WIDTH points, or reaching 0 or
   100%): "uninformative";
 - a distribution-free rank check beside the normal interval (rank_check), Shapiro-Wilk where
@@ -28,6 +33,7 @@ import math
 import statistics
 from dataclasses import dataclass, replace
 
+import numpy as np
 from scipy import stats
 
 LEVEL = 0.95
@@ -45,8 +51,9 @@ VERDICTS = {
                   "printed it",
     "above": "the published number is above the 95% prediction interval: our runs fall short of it",
     "below": "the published number is below the 95% prediction interval: our runs do better",
-    "uninformative": f"the 95% interval is wider than {MAX_WIDTH:g} points or reaches 0% or "
-                     "100%: it would hold almost any accuracy, so it supports no verdict",
+    "uninformative": f"the 95% interval is wider than {MAX_WIDTH:g} points (it would hold almost "
+                     "any accuracy) or reaches 0% or 100% (the normal model behind it puts runs "
+                     "past the scale: too few runs for their spread), so it supports no verdict",
     "not enough runs": f"fewer than {MIN_RUNS} runs that learned (or fewer than the k of a best "
                        "of k) at the published learning rate; failed runs do not count: no verdict",
     "settings changed": "the study changed the recipe's epochs or training images, so its runs "
@@ -120,6 +127,15 @@ def rank_check(values: list[float], printed: tuple[float, float], k: int = 1,
     return p_above, p_below
 
 
+def rank_floor(n: int, k: int, side: str, chosen_by_value: bool = True) -> float:
+    """The smallest one-sided p rank_check can give with n runs, for a published number beyond
+    all of them on this side ("above" or "below"). Above: k/(n+k). Below: 1/C(n+k, n) where the
+    source chose by the value, else k/(n+k). At 0.025 or more the check cannot reject at all."""
+    if side == "below" and chosen_by_value:
+        return 1 / math.comb(n + k, n)
+    return k / (n + k)
+
+
 def prediction_p(printed: tuple[float, float], centre: float, spread: float, n: int) -> float:
     """The two-sided p of the published number under the t prediction model the interval uses
     (centre +- t * spread * sqrt(1 + 1/n)): below 0.05 exactly when it lies outside the 95%
@@ -170,44 +186,112 @@ def best_of_k_distribution(chooser: list[float], value: list[float], k: int) -> 
     return [(value[i], w) for i, w in enumerate(weight) if w > 0]
 
 
-def best_of_k_resampled(chooser: list[float], value: list[float], k: int) -> list[tuple[float, float]]:
-    """The same statistic for k runs drawn with replacement from the n runs (the exact bootstrap
-    distribution, without enumerating n^k draws): the draw's winner is the run with the best
-    chooser, so P(winner has rank r of n) = (r/n)^k - ((r - g)/n)^k for a tie group of g runs
-    ending at rank r, shared equally. Unlike the k-subsets it has a spread even when n = k."""
-    n = len(value)
-    if k < 1 or len(chooser) != n or n < 1:
-        raise ValueError(f"best of {k} needs runs with a chooser each, got {n}")
-    weight = [0.0] * n
-    for c in set(chooser):
-        group = [i for i in range(n) if chooser[i] == c]
-        top = sum(1 for x in chooser if x <= c)
-        share = ((top / n) ** k - ((top - len(group)) / n) ** k) / len(group)
-        for i in group:
-            weight[i] = share
-    return [(value[i], w) for i, w in enumerate(weight) if w > 0]
+# Monte Carlo draws of a best of k: on the record's rows the interval's ends move by 0.001-0.03
+# point between seeds (docs/report.md), and no verdict changes.
+PREDICTIVE_DRAWS = 100_000
 
 
-def best_of_k_interval(chooser: list[float], value: list[float], k: int,
-                       level: float = LEVEL) -> tuple[float, float, float]:
-    """(low, high, expected): a 95% prediction interval for the best of k new runs.
+def _normal_posterior_draws(x: np.ndarray, draws: int, rng: np.random.Generator):
+    """(mu, cholesky(Sigma)) drawn from the posterior of a p-variate normal model of the n rows
+    of x under the standard noninformative prior p(mu, Sigma) ~ |Sigma|^-(p+1)/2: Sigma ~
+    InvWishart(n - 1, S) (S the sum of squares about the mean) and mu | Sigma ~ N(mean, Sigma/n).
+    For p = 1, Sigma = S / chi2(n - 1), and one new run from this predictive is exactly the t
+    prediction interval's mean +- t(n - 1) * sd * sqrt(1 + 1/n)."""
+    n, p = x.shape
+    mean = x.mean(axis=0)
+    scatter = (x - mean).T @ (x - mean)
+    if p == 1:
+        sigma = scatter.reshape(1, 1, 1) / stats.chi2.rvs(n - 1, size=draws, random_state=rng).reshape(-1, 1, 1)
+    else:
+        sigma = stats.invwishart.rvs(df=n - 1, scale=scatter, size=draws, random_state=rng)
+    root = np.linalg.cholesky(sigma) if p > 1 else np.sqrt(sigma)
+    mu = mean + np.einsum("dij,dj->di", root, rng.standard_normal((draws, p))) / math.sqrt(n)
+    return mu, root
 
-    Its centre is the mean of the exact k-subset distribution above (unbiased for the expected
-    best of k). Its spread is the sd of the resampled distribution (best_of_k_resampled),
-    corrected by n/(n-1) as a sample sd is: the k-subsets cannot give one when n = k (a single
-    subset, zero spread, a zero-width interval). Its width is the t prediction interval's,
-    t(0.975, n-1) * sd * sqrt(1 + 1/n), which allows for having only n runs. For k = 1 both
-    distributions are the n runs themselves, so this is exactly prediction_interval(mean, sd, n).
-    """
+
+def best_of_k_predictive(chooser: list[float], value: list[float], k: int, failed: int = 0,
+                         draws: int = PREDICTIVE_DRAWS, seed: int = 0) -> np.ndarray:
+    """Draws of "the value of the best of k new runs", the source's selection rule applied to k
+    runs from the posterior predictive of a normal model of our n runs.
+
+    Chosen by the value itself (chooser is value: chapter 1's peak test accuracy), the model is
+    univariate and a draw is the maximum of k new values. Chosen by another number (chapter 6:
+    validation), (chooser, value) pairs are bivariate normal, and a draw is the value of the new
+    run with the best chooser: the test accuracy of the best-validation run depends on how
+    validation and test accuracy go together across runs (their correlation), which the model
+    estimates with everything else. The posterior carries the uncertainty of having only n runs
+    (with n = k = 3 the tails are heavy, as they should be). Fixed seed: the same runs give the
+    same draws. Degenerate runs: a constant chooser ties every run (the choice is one run at
+    random); perfectly correlated (or anti-correlated) pairs choose by the value's maximum (or
+    minimum).
+
+    failed: runs of ours that failed to learn, beside the n that learned (chooser and value are
+    the learned runs'). Each new run then fails with the failure rate (drawn from its posterior
+    under Jeffreys' prior, Beta(failed + 1/2, n + 1/2)) and never wins while one of the k learned;
+    the draws where all k failed are left out: the published number is a run that learned."""
+    x_value = np.asarray(value, dtype=float)
+    x_chooser = np.asarray(chooser, dtype=float)
+    n = len(x_value)
+    if n < 2 or len(x_chooser) != n or k < 1:
+        raise ValueError(f"best of {k} needs at least 2 runs with a chooser each, got {n}")
+    rng = np.random.default_rng(seed)
+    sign, bivariate = 1.0, not np.array_equal(x_chooser, x_value)
+    if bivariate and (np.ptp(x_value) == 0 or np.ptp(x_chooser) == 0):
+        bivariate, k = False, (k if np.ptp(x_chooser) > 0 else 1)  # a constant value or chooser
+    elif bivariate:
+        r = np.corrcoef(x_chooser, x_value)[0, 1]
+        if abs(r) > 1 - 1e-12:  # one number orders the runs as the other does (or the reverse)
+            bivariate, sign = False, math.copysign(1.0, r)
+    if not bivariate:
+        mu, root = _normal_posterior_draws((sign * x_value)[:, None], draws, rng)
+        scores = mu + root[:, 0, :] * rng.standard_normal((draws, k))
+        values = sign * scores
+    else:
+        mu, root = _normal_posterior_draws(np.column_stack([x_chooser, x_value]), draws, rng)
+        new = mu[:, None, :] + np.einsum("dij,dkj->dki", root, rng.standard_normal((draws, k, 2)))
+        scores, values = new[:, :, 0], new[:, :, 1]
+    if failed:
+        rate = rng.beta(failed + 0.5, n + 0.5, size=(draws, 1))
+        scores = np.where(rng.random((draws, k)) < rate, -np.inf, scores)
+    chosen = values[np.arange(draws), scores.argmax(axis=1)]
+    return chosen[np.isfinite(scores.max(axis=1))]
+
+
+def best_of_k_interval(chooser: list[float], value: list[float], k: int, failed: int = 0,
+                       level: float = LEVEL) -> tuple[float, float, float, np.ndarray]:
+    """(low, high, expected, draws): a 95% prediction interval for the best of k new runs.
+
+    The interval is the central 95% of best_of_k_predictive's draws (a normal model of the runs,
+    no further approximation). `expected` is the mean of the exact k-subset distribution
+    (best_of_k_distribution: no model, unbiased for the expected best of k of our runs; with
+    failed runs, over the subsets of all our runs in which one learned, the best learned run's
+    value). For k = 1 the interval is exactly prediction_interval(mean, sd, n), computed in
+    closed form (a failed run is then no candidate at all)."""
     n = len(value)
     if n < 2:
-        return math.nan, math.nan, math.nan
-    mean = sum(v * p for v, p in best_of_k_distribution(chooser, value, k))
-    resampled = best_of_k_resampled(chooser, value, k)
-    centre = sum(v * p for v, p in resampled)
-    var = sum(p * (v - centre) ** 2 for v, p in resampled) * n / (n - 1)
-    low, high = prediction_interval(mean, math.sqrt(var), n, level)
-    return low, high, mean
+        return math.nan, math.nan, math.nan, np.array([])
+    if failed and k > 1:  # failed runs lose to every learned one; all-failed subsets are left out
+        wins = best_of_k_distribution(list(chooser) + [-math.inf] * failed,
+                                      list(value) + [math.nan] * failed, k)
+        learned_wins = [(v, p) for v, p in wins if not math.isnan(v)]
+        expected = sum(v * p for v, p in learned_wins) / sum(p for _, p in learned_wins)
+    else:
+        expected = sum(v * p for v, p in best_of_k_distribution(chooser, value, k))
+    if k == 1:
+        sd = statistics.stdev(value)
+        return (*prediction_interval(statistics.fmean(value), sd, n, level), expected, np.array([]))
+    draws = best_of_k_predictive(chooser, value, k, failed)
+    low, high = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high), expected, draws
+
+
+def predictive_p(printed: tuple[float, float], draws: np.ndarray) -> float:
+    """The two-sided p of the published number under best_of_k_predictive's draws: twice the
+    share of draws on its far side (at or beyond the printed range), at most 1; below 0.05
+    exactly when the range lies outside the draws' central 95%."""
+    reach = float(np.mean(draws >= printed[0]))
+    under = float(np.mean(draws <= printed[1]))
+    return min(1.0, 2 * min(reach, under))
 
 
 def printed_range(published_text: str, printed_as: str = "rounded") -> tuple[float, float]:
@@ -231,9 +315,10 @@ class Judgement:
     k: int = 1  # best of k runs
     expected_best: float = math.nan  # expected best of k (only for k > 1)
     reason: str = ""
-    p_value: float = math.nan  # two-sided, under the interval's t model (prediction_p)
+    p_value: float = math.nan  # two-sided, under the interval's model (prediction_p, predictive_p)
     rank_p: float = math.nan  # the distribution-free check's one-sided p, on the side it points to
     rank_verdict: str = ""  # what the rank check alone says: consistent, above or below
+    rank_floor: float = math.nan  # the smallest p it can give on the interval's side (rank_floor)
     normality_p: float = math.nan  # Shapiro-Wilk over the runs judged
     # judge_runs: the runs at the published lr, those that failed, and its exact 95% interval
     runs: int = 0
@@ -256,7 +341,7 @@ def _side(printed: tuple[float, float], low: float, high: float) -> str:
 def judge(published: float | None, mean: float, sd: float, n: int, *, k: int = 1,
           chooser: list[float] | None = None, values: list[float] | None = None,
           printed: tuple[float, float] | None = None, pipeline_check: bool = False,
-          settings_changed: str = "", deterministic: bool = False) -> Judgement:
+          settings_changed: str = "", deterministic: bool = False, failed: int = 0) -> Judgement:
     """The verdict for one published number, from the n runs judged at its learning rate.
 
     published: the printed value (percent); printed: the range of values it stands for (its
@@ -264,7 +349,8 @@ def judge(published: float | None, mean: float, sd: float, n: int, *, k: int = 1
     best of k runs, chosen by `chooser` (one value per run; `values` are the runs' reported
     accuracies): see best_of_k_interval. deterministic: a method without randomness (the
     baselines): one run is the whole distribution, compared directly. With `values`, the rank
-    check and Shapiro-Wilk are computed beside the interval.
+    check and Shapiro-Wilk are computed beside the interval. failed: runs that failed to learn
+    beside these n; they lose every best of k in which one run learned (best_of_k_interval).
     """
     if published is None or (isinstance(published, float) and math.isnan(published)):
         return Judgement("no published number")
@@ -282,13 +368,13 @@ def judge(published: float | None, mean: float, sd: float, n: int, *, k: int = 1
     chooser = values if chooser is None else chooser
     if deterministic:
         return Judgement(_side(printed, mean, mean), mean, mean, k)
-    expected, centre, spread = math.nan, mean, sd
+    expected, centre = math.nan, mean
     if k == 1:
         raw = prediction_interval(mean, sd, n)
+        p_value = prediction_p(printed, mean, sd, n)
     else:
-        raw_low, raw_high, expected = best_of_k_interval(chooser, values, k)
-        raw, centre = (raw_low, raw_high), expected
-        spread = (raw_high - raw_low) / (2 * t_quantile(n) * math.sqrt(1 + 1 / n))
+        raw_low, raw_high, expected, draws = best_of_k_interval(chooser, values, k, failed)
+        raw, centre, p_value = (raw_low, raw_high), expected, predictive_p(printed, draws)
     low, high = clip_percent(raw)
     verdict = _side(printed, low, high)
     reason = ""
@@ -305,10 +391,12 @@ def judge(published: float | None, mean: float, sd: float, n: int, *, k: int = 1
         p_above, p_below = rank_check(values, printed, k, by_value)
         rank_verdict = "above" if p_above < (1 - LEVEL) / 2 else "below" if p_below < (1 - LEVEL) / 2 \
             else "consistent"
+        side = verdict if verdict in ("above", "below") else rank_verdict if rank_verdict != "consistent" \
+            else "above" if printed[0] > centre else "below"
         extra = {"rank_p": p_above if printed[0] > centre else p_below, "rank_verdict": rank_verdict,
+                 "rank_floor": rank_floor(len(values), k, side, by_value),
                  "normality_p": normality_p(values)}
-    return Judgement(verdict, low, high, k, expected, reason,
-                     p_value=prediction_p(printed, centre, spread, n), **extra)
+    return Judgement(verdict, low, high, k, expected, reason, p_value=p_value, **extra)
 
 
 def failed_runs_text(failed: int, runs: int, low: float, high: float) -> str:
@@ -324,8 +412,9 @@ def judge_runs(published: float | None, values: list[float], failed: list[bool],
     values: every finished or diverged run's reported accuracy at the published learning rate
     (nan for a diverged run); failed: FAILED_RULE, per run. The failure rate gets its exact 95%
     interval; the mean, sd and interval come from the learned runs only, under the source's
-    selection rule (the best of k among learned runs: a failed run never wins a best of k
-    unless all k failed, which happens with probability rate^k). options: as judge's.
+    selection rule: a failed run never wins a best of k while one of the k learned, so the best
+    of k is the best of however many of the k learned (at least one: the published number is a
+    run that learned). options: as judge's.
     """
     learned = [i for i, f in enumerate(failed) if not f]
     kept = [values[i] for i in learned]
@@ -334,7 +423,7 @@ def judge_runs(published: float | None, values: list[float], failed: list[bool],
     sd = math.sqrt(sum((v - mean) ** 2 for v in kept) / (n - 1)) if n > 1 else math.nan
     judgement = judge(published, mean, sd, n, values=kept,
                       chooser=[chooser[i] for i in learned] if chooser is not None else None,
-                      **options)
+                      failed=sum(failed), **options)
     low, high = clopper_pearson(sum(failed), len(failed))
     if judgement.verdict == "not enough runs" and any(failed):
         judgement = replace(judgement, reason=f"{judgement.reason}; "

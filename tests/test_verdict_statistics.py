@@ -48,11 +48,14 @@ def test_learned_run_verdict_leaves_the_failed_runs_out():
 
 
 def test_best_of_k_over_the_learned_runs():
-    # best of 3 chosen by the value itself, over the learned 96.5, 96.4, 96.6: one subset, the max
+    # best of 3 chosen by the value itself, over all C(5, 3) = 10 subsets of the five runs, each
+    # won by its best run that learned (a failed run never wins while one learned): 6 hold 96.6,
+    # 3 hold 96.5 but not 96.6, 1 ({96.4, 87.0, 11.35}) holds only 96.4:
+    # (6 * 96.6 + 3 * 96.5 + 96.4) / 10 = 96.55. Over the learned runs alone it would be 96.6.
     judgement = stats.judge_runs(96.6, VALUES, FAILED, k=3, printed=(96.595, 96.605))
-    assert judgement.expected_best == pytest.approx(96.6)
-    # a best of 3 among all five would have been judged over five runs
-    assert judgement.n == 3
+    assert judgement.expected_best == pytest.approx(96.55)
+    # the spread and the mean come from the three that learned
+    assert (judgement.n, judgement.failed) == (3, 2)
 
 
 def test_fewer_than_three_learned_runs_are_not_enough():
@@ -112,6 +115,18 @@ def test_rank_check_beside_the_interval():
                             values=[97.9, 97.95, 98.0, 98.05, 98.1])
     assert (judgement.verdict, judgement.rank_verdict) == ("above", "consistent")
     assert judgement.rank_p == pytest.approx(1 / 6)
+    # and it could not have said otherwise: 1/6 is its least p, so the row says it cannot decide
+    assert judgement.rank_floor == pytest.approx(1 / 6)
+
+
+def test_rank_floor_is_the_least_p_the_check_can_give():
+    # the hand values of test_rank_check_by_hand, for a published number beyond all 5 runs
+    assert stats.rank_floor(5, 1, "above") == pytest.approx(1 / 6)
+    assert stats.rank_floor(5, 3, "above") == pytest.approx(3 / 8)
+    assert stats.rank_floor(5, 3, "below") == pytest.approx(1 / 56)  # best of 3 by value
+    assert stats.rank_floor(5, 3, "below", chosen_by_value=False) == pytest.approx(3 / 8)
+    # the dropout net's 15 runs and a best of 5: 1/4, never below 0.025
+    assert stats.rank_floor(15, 5, "above") == pytest.approx(0.25)
 
 
 def test_prediction_p_matches_the_interval():
