@@ -36,7 +36,7 @@ SUMMARY_COLUMNS = [
     "study", "recipe", "published_id", "protocol", "lr", "published_lr", "lr_factor", "runs",
     "finished", "diverged", "mean", "std", "ci95_low", "ci95_high", "min", "max",
     "published_accuracy", "diff_pp", "runs_with_unlearned_digit", "failed", "failure_ci95_low",
-    "failure_ci95_high", "learned", "learned_mean", "learned_std", "epochs", "train_images",
+    "failure_ci95_high", "learned", "epochs", "train_images",
     "mean_train_seconds", "pipeline_check", "note",
 ]
 
@@ -174,12 +174,14 @@ def ci95(values: pd.Series) -> tuple[float, float]:
 def _summary_row(group: pd.DataFrame) -> dict:
     finished = group.loc[group["status"] == "finished", "selected_accuracy"].dropna().astype(float)
     first = group.iloc[0]
-    low, high = ci95(finished)
     judged = group[group["status"].isin(["finished", "diverged"])]
     failed = judged["failed"].astype(bool)
+    # the statistics describe the runs that learned: a failed run is counted (failed, with its
+    # rate's interval), never averaged in, as the verdicts do (docs/report.md)
     learned = judged.loc[~failed & (judged["status"] == "finished"), "selected_accuracy"].dropna().astype(float)
+    low, high = ci95(learned)
     failure_low, failure_high = clopper_pearson(int(failed.sum()), len(judged))
-    mean = finished.mean() if len(finished) else math.nan
+    mean = learned.mean() if len(learned) else math.nan
     published = first["published_accuracy"]
     notes = []
     if group["pipeline_check"].any():
@@ -196,16 +198,15 @@ def _summary_row(group: pd.DataFrame) -> dict:
         "protocol": first["protocol"], "lr": first["lr"], "published_lr": first["published_lr"],
         "lr_factor": first["lr_factor"], "runs": len(group), "finished": len(finished),
         "diverged": int((group["status"] == "diverged").sum()), "mean": mean,
-        "std": finished.std(ddof=1) if len(finished) > 1 else math.nan,
+        "std": learned.std(ddof=1) if len(learned) > 1 else math.nan,
         "ci95_low": low, "ci95_high": high,
-        "min": finished.min() if len(finished) else math.nan,
-        "max": finished.max() if len(finished) else math.nan,
+        "min": learned.min() if len(learned) else math.nan,
+        "max": learned.max() if len(learned) else math.nan,
         "published_accuracy": published,
         "diff_pp": mean - published if pd.notna(published) else math.nan,
         "runs_with_unlearned_digit": int(missed_a_digit(group["unlearned_digits"]).sum()),
         "failed": int(failed.sum()), "failure_ci95_low": failure_low, "failure_ci95_high": failure_high,
-        "learned": len(learned), "learned_mean": learned.mean() if len(learned) else math.nan,
-        "learned_std": learned.std(ddof=1) if len(learned) > 1 else math.nan,
+        "learned": len(learned),
         "epochs": first["epochs"], "train_images": first["train_images"],
         "mean_train_seconds": group["train_seconds"].mean(),
         "pipeline_check": bool(group["pipeline_check"].any()), "note": "; ".join(notes) or None,
@@ -213,8 +214,9 @@ def _summary_row(group: pd.DataFrame) -> dict:
 
 
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per recipe x learning rate: counts, and the statistics of the finished runs' selected
-    accuracies (diverged runs are counted, not averaged), beside the published number."""
+    """Per recipe x learning rate: counts, and the statistics of the selected accuracies of the
+    runs that learned (failed runs, diverged or missing a digit, are counted, not averaged),
+    beside the published number."""
     rows = [_summary_row(group) for _, group in runs.groupby(["recipe", "lr"], dropna=False, sort=False)]
     summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
     for column in ("epochs", "train_images"):

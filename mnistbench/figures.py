@@ -130,8 +130,9 @@ def learning_curves(history: pd.DataFrame, title: str, published: float | None, 
 
 def lr_sensitivity(runs: pd.DataFrame, summary: pd.DataFrame, judged: dict[str, dict]):
     """Selected accuracy against learning rate (log axis), one panel per recipe with several
-    learning rates: seeds as dots, mean with its 95% CI, the published lr as a dashed line and
-    the published accuracy as a diamond on it."""
+    learning rates: seeds as dots (failed runs as crosses), the mean of the runs that learned
+    with its 95% CI, the published lr as a dashed line and the published accuracy as a diamond
+    on it."""
     theme()
     learning_rates = summary.groupby("recipe", sort=False)["lr"].nunique()
     recipes = list(learning_rates[learning_rates > 1].index)
@@ -140,7 +141,12 @@ def lr_sensitivity(runs: pd.DataFrame, summary: pd.DataFrame, judged: dict[str, 
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows), squeeze=False)
     for ax, recipe in zip(axes.flat, recipes):
         done = runs[(runs["recipe"] == recipe) & (runs["status"] == "finished")]
-        ax.scatter(done["lr"], done["selected_accuracy"], s=14, color=SEED_COLOR, alpha=0.7, lw=0)
+        failed = done["failed"].astype(bool)
+        ax.scatter(done.loc[~failed, "lr"], done.loc[~failed, "selected_accuracy"], s=14,
+                   color=SEED_COLOR, alpha=0.7, lw=0)
+        # a failed run is a finding of its own, not part of the mean (summary.csv)
+        ax.scatter(done.loc[failed, "lr"], done.loc[failed, "selected_accuracy"], s=18,
+                   marker="x", color="dimgray", lw=1)
         means = summary[summary["recipe"] == recipe].sort_values("lr")
         ax.errorbar(means["lr"], means["mean"], yerr=[means["mean"] - means["ci95_low"],
                                                       means["ci95_high"] - means["mean"]],

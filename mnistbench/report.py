@@ -612,8 +612,8 @@ def make_figures(out: Path, runs: pd.DataFrame, summary: pd.DataFrame, rows: lis
         made["lr_sensitivity"] = add(
             figures.lr_sensitivity(runs, summary, judged), out / FIGURES_DIR / "lr_sensitivity",
             "Accuracy against learning rate on a log axis for "
-            + ", ".join(swept[swept > 1].index) + ": seeds as dots, means with 95% confidence "
-            "intervals joined by a line, the published learning rate as a dashed vertical line and "
+            + ", ".join(swept[swept > 1].index) + ": seeds as dots (runs that failed to learn as "
+            "crosses), the means of the runs that learned with 95% confidence intervals joined by a line, the published learning rate as a dashed vertical line and "
             "the published accuracy as a diamond on it. The per-recipe tables list the same numbers.")
     groups = protocol_groups([r["recipe"] for r in rows])
     if groups:

@@ -74,10 +74,12 @@ def test_failed_runs_in_the_tables():
             for i, (value, failed) in enumerate(zip(VALUES, FAILED), 1)]
     row = summarize(pd.DataFrame(rows, columns=RUN_COLUMNS)).iloc[0]
     assert (row["finished"], row["failed"], row["learned"]) == (5, 2, 3)
-    assert (row["learned_mean"], row["learned_std"]) == pytest.approx((96.5, 0.1))
     assert (row["failure_ci95_low"], row["failure_ci95_high"]) == pytest.approx(stats.clopper_pearson(2, 5))
-    # the mean's CI over all five runs (77.57 +- 2.776445 * 37.42 / sqrt(5)) is cut to [0, 100]
-    assert row["ci95_low"] >= 0 and row["ci95_high"] == 100.0
+    # the statistics are those of the three that learned (96.4, 96.5, 96.6), failed runs never
+    # averaged in: 96.5 +- t(0.975, 2) * 0.1 / sqrt(3) = 96.5 +- 0.2484
+    assert (row["mean"], row["std"], row["min"], row["max"]) == pytest.approx((96.5, 0.1, 96.4, 96.6))
+    assert (row["ci95_low"], row["ci95_high"]) == pytest.approx((96.2516, 96.7484), abs=1e-4)
+    assert row["diff_pp"] == pytest.approx(96.5 - 96.59)
 
 
 def test_uninformative_intervals():
