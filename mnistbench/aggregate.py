@@ -177,8 +177,13 @@ def _summary_row(group: pd.DataFrame) -> dict:
     judged = group[group["status"].isin(["finished", "diverged"])]
     failed = judged["failed"].astype(bool)
     # the statistics describe the runs that learned: a failed run is counted (failed, with its
-    # rate's interval), never averaged in, as the verdicts do (docs/report.md)
-    learned = judged.loc[~failed & (judged["status"] == "finished"), "selected_accuracy"].dropna().astype(float)
+    # rate's interval), never averaged in, as the verdicts do (docs/report.md). A pipeline
+    # check's runs (one epoch on a few hundred images) are not the recipe's: missing a digit
+    # there fails nothing, so all of them are averaged, as the report does
+    if group["pipeline_check"].any():
+        learned = finished
+    else:
+        learned = judged.loc[~failed & (judged["status"] == "finished"), "selected_accuracy"].dropna().astype(float)
     low, high = ci95(learned)
     failure_low, failure_high = clopper_pearson(int(failed.sum()), len(judged))
     mean = learned.mean() if len(learned) else math.nan
@@ -193,6 +198,8 @@ def _summary_row(group: pd.DataFrame) -> dict:
         notes += list(group.loc[group["status"] == "not_enough_runs", "note"].dropna().unique())
     elif len(finished) == 0:
         notes.append("no finished run")
+    elif len(learned) == 0:
+        notes.append("no run learned every digit: nothing averaged")
     return {
         "study": first["study"], "recipe": first["recipe"], "published_id": first["published_id"],
         "protocol": first["protocol"], "lr": first["lr"], "published_lr": first["published_lr"],

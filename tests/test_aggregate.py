@@ -53,6 +53,13 @@ def load(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def as_learned(runs: pd.DataFrame) -> pd.DataFrame:
+    """The toy runs (300 images, one epoch) never learn some digit, so all of them count as
+    failed and summary.csv averages none of them; the statistics are tested as if they had
+    learned (the failed rule itself: test_verdict_statistics)."""
+    return runs.assign(failed=False)
+
+
 def test_collect_runs_has_one_row_per_metrics_json_with_its_values(study_dir):
     runs = collect_runs(study_dir)
     assert list(runs.columns) == RUN_COLUMNS
@@ -76,8 +83,13 @@ def test_collect_runs_has_one_row_per_metrics_json_with_its_values(study_dir):
 
 def test_summary_statistics_per_recipe_and_learning_rate(study_dir):
     runs = collect_runs(study_dir)
-    summary = summarize(runs).set_index("recipe")
     assert list(summarize(runs).columns) == SUMMARY_COLUMNS
+    # as recorded, every toy run failed: counted, never averaged
+    failed = summarize(runs).set_index("recipe").loc["nielsen_ch1_fc100"]
+    assert (failed["finished"], failed["failed"], failed["learned"]) == (5, 5, 0)
+    assert math.isnan(failed["mean"]) and math.isnan(failed["ci95_low"]) and math.isnan(failed["diff_pp"])
+    assert failed["note"] == "no run learned every digit: nothing averaged"
+    summary = summarize(as_learned(runs)).set_index("recipe")
     fc = summary.loc["nielsen_ch1_fc100"]
     accuracies = [load(p)["selected_accuracy"] for p in (study_dir / "runs" / "nielsen_ch1_fc100").rglob("metrics.json")]
     assert len(set(accuracies)) > 1  # seeds differ, so the spread is a real test
@@ -97,7 +109,7 @@ def test_summary_statistics_per_recipe_and_learning_rate(study_dir):
 
 
 def test_diverged_runs_are_counted_not_averaged(study_dir):
-    runs = collect_runs(study_dir)
+    runs = as_learned(collect_runs(study_dir))
     finished = runs[runs["recipe"] == "nielsen_ch1_fc100"]
     # a group in which two of seven runs diverged: move the diverged rows into the fc100 group
     mixed = pd.concat([finished, runs[runs["status"] == "diverged"].assign(
@@ -108,7 +120,7 @@ def test_diverged_runs_are_counted_not_averaged(study_dir):
 
 
 def test_one_run_has_no_confidence_interval(study_dir):
-    runs = collect_runs(study_dir)
+    runs = as_learned(collect_runs(study_dir))
     row = summarize(runs[(runs["recipe"] == "nielsen_ch1_fc100") & (runs["seed"] == 1)]).iloc[0]
     assert row["runs"] == 1 and row["mean"] == row["min"] == row["max"]
     assert math.isnan(row["std"]) and math.isnan(row["ci95_low"]) and math.isnan(row["ci95_high"])
