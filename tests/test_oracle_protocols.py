@@ -333,7 +333,9 @@ def observed_masks(model, layers, x, arch) -> list[torch.Tensor]:
         before.append(z if arch == "no hidden activation" else torch.relu(z))
     ratios = []
     for seen, pre in zip(inputs, before):
-        live = pre.abs() > 1e-6
+        # a unit near zero shows float32 rounding (a kernel's summation order differs by CPU),
+        # not a mask: only units well above the rounding of their layer's sums are read
+        live = pre.abs() > 1e-4 * pre.abs().amax()
         ratio = torch.full_like(pre, float("nan"))
         ratio[live] = seen[live] / pre[live]
         ratios.append(ratio)

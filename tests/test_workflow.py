@@ -199,7 +199,7 @@ def test_the_study_parent_run_holds_every_run_the_tables_and_the_report(study, m
 
     table = client.load_table(parent.info.experiment_id, "summary.json", [parent.info.run_id])  # log_table's reader
     assert sorted(table["recipe"]) == sorted(summary["recipe"])
-    assert table.set_index("recipe")["mean"].to_dict() == pytest.approx(summary.set_index("recipe")["mean"].to_dict())
+    assert table.set_index("recipe")["mean"].to_dict() == pytest.approx(summary.set_index("recipe")["mean"].to_dict(), nan_ok=True)
     verdicts = client.load_table(parent.info.experiment_id, "verdicts.json", [parent.info.run_id])
     assert list(verdicts.columns) == ["recipe", "published", "mean", "sd", "n", "verdict", "reason"]
     assert sorted(verdicts["recipe"]) == sorted(RECIPES) and set(verdicts["n"]) == {2}
@@ -354,21 +354,30 @@ def test_tables_match_the_runs(study):
     assert len(runs) == 4 and len(summary) == 2
     assert sorted(runs["selected_accuracy"]) == sorted(r["selected_accuracy"] for r in results)
     for _, row in summary.iterrows():
-        accuracies = [r["selected_accuracy"] for r in results if r["recipe"] == row["recipe"]]
+        mine = [r for r in results if r["recipe"] == row["recipe"]]
+        published = mine[0]["published_accuracy"]
+        assert (row["runs"], row["finished"], row["diverged"]) == (2, 2, 0)
+        # a run that never learned some digit (recall < 50%) is counted, not averaged: one epoch
+        # on 1,000 images often misses one
+        accuracies = [r["selected_accuracy"] for r in mine if min(r["test_recall_per_digit"]) >= 50]
+        assert row["learned"] == len(accuracies) and row["failed"] == 2 - len(accuracies)
+        if not accuracies:
+            assert math.isnan(row["mean"]) and math.isnan(row["diff_pp"]) and math.isnan(row["ci95_low"])
+            continue
         n, mean = len(accuracies), sum(accuracies) / len(accuracies)
+        assert row["mean"] == pytest.approx(mean) and row["diff_pp"] == pytest.approx(mean - published)
+        assert (row["min"], row["max"]) == (min(accuracies), max(accuracies))
+        assert row["published_accuracy"] == published
+        if n < 2:
+            continue
         std = math.sqrt(sum((a - mean) ** 2 for a in accuracies) / (n - 1))
         half = stats.t.ppf(0.975, n - 1) * std / math.sqrt(n)
-        published = next(r["published_accuracy"] for r in results if r["recipe"] == row["recipe"])
-        assert (row["runs"], row["finished"], row["diverged"]) == (2, 2, 0)
-        assert row["mean"] == pytest.approx(mean) and row["std"] == pytest.approx(std)
+        assert row["std"] == pytest.approx(std)
         # the confidence interval of the mean, cut to what an accuracy can be (two runs of one
         # epoch on 1,000 images spread widely: the unclipped interval can pass 0%)
         expected = (max(0.0, mean - half), min(100.0, mean + half))
         assert (row["ci95_low"], row["ci95_high"]) == (pytest.approx(expected[0]), pytest.approx(expected[1]))
         assert 0.0 <= row["ci95_low"] <= row["ci95_high"] <= 100.0
-        assert (row["min"], row["max"]) == (min(accuracies), max(accuracies))
-        assert row["published_accuracy"] == published
-        assert row["diff_pp"] == pytest.approx(mean - published)
 
 
 def test_second_invocation_runs_nothing(study):
