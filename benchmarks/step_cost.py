@@ -67,7 +67,7 @@ def main() -> None:
         parser.error(f"unknown recipes {unknown} (see 'mnistbench recipes')" if unknown
                      else f"--reference {opts.reference} is not a network")
     networks: dict = {}  # network -> the recipes that share it, in study order
-    recorded = measured_rates(read_record(path) for path in find_records(Path("results", opts.study)))
+    recorded, _ = measured_rates(read_record(path) for path in find_records(Path("results", opts.study)))
     for recipe_id in dict.fromkeys([opts.reference, *chosen]):
         recipe = recipes[recipe_id]
         network = _compute(recipe) if recipe.kind == "network" else None

@@ -151,22 +151,32 @@ class Progress:
     rows: list[dict]  # one per recipe of the study
 
 
-def measured_rates(records, cpu: str | None = None) -> dict[tuple, list[float]]:
+def measured_rates(records, cpu: str | None = None) -> tuple[dict[tuple, list[float]], float]:
     """The images per core-second of every finished network run among these records (its images/s
     over its torch threads, so that a two-thread run costs its two cores), by what a training
-    step costs (`_compute`). Where runs on the `cpu` kind (`train.cpu_kind`) measured a network,
-    only theirs: the machine that trains what is left is the one to estimate it by (a Zen 4 trains
-    the conv nets 1.4-5x faster than the AVX2 machine of the first records)."""
+    step costs (`_compute`), and the factor by which a network without rates runs faster than its
+    `NOMINAL_RATES` class.
+
+    Once runs on the `cpu` kind (`train.cpu_kind`) are recorded, every estimate is at this kind's
+    speed, since it trains what is left (a Zen 5 trains the conv nets 2x the Intel kind and 3.5x
+    the nominal rates): its own runs' rates, and for the other networks, measured elsewhere or not
+    at all, the nominal rate times the median over its networks of (rate here / nominal). On a
+    kind with no runs yet, every kind's rates and the nominal ones, unscaled."""
     recipes = all_recipes()
-    rates, here = defaultdict(list), defaultdict(list)
+    rates, here, classes = defaultdict(list), defaultdict(list), {}
     for m in records:
         recipe = recipes.get(m.get("recipe"))
         if recipe is not None and recipe.kind == "network" and is_finished(m) and m.get("images_per_second"):
             rate = m["images_per_second"] / run_threads(m)
             rates[_compute(recipe)].append(rate)
+            classes[_compute(recipe)] = _cost_class(recipe)
             if cpu is not None and (m.get("environment") or {}).get("cpu_kind") == cpu:
                 here[_compute(recipe)].append(rate)
-    return defaultdict(list, {key: here.get(key) or measured for key, measured in rates.items()})
+    if not here:
+        return rates, 1.0
+    factor = statistics.median(statistics.median(measured) / NOMINAL_RATES[classes[key]]
+                               for key, measured in here.items())
+    return here, factor
 
 
 def progress(spec: dict, study: str, results: str | Path = "results") -> Progress:
@@ -178,7 +188,7 @@ def progress(spec: dict, study: str, results: str | Path = "results") -> Progres
             records[path.resolve()] = read_record(path)
         except RecordError:
             continue  # counted as missing; `mnistbench aggregate` names the broken file
-    rates = measured_rates(records.values(), cpu_kind())
+    rates, speed = measured_rates(records.values(), cpu_kind())
     rows, done_seconds, left_seconds = [], 0.0, 0.0
     planned = planned_runs(spec)
     for recipe_id in spec["recipes"]:
@@ -193,7 +203,7 @@ def progress(spec: dict, study: str, results: str | Path = "results") -> Progres
         one_run = 0.0  # seconds one more run costs; a baseline's or a vote's are negligible
         if recipe.kind == "network":
             measured = rates[_compute(recipe)]  # its network's runs: one rate for the same cost
-            rate = statistics.median(measured) if measured else NOMINAL_RATES[_cost_class(recipe)]
+            rate = statistics.median(measured) if measured else NOMINAL_RATES[_cost_class(recipe)] * speed
             one_run = planned_images(recipe, spec) / rate * 1.1  # + evaluation, ~10%
         left = missing * one_run
         need = runs_needed(recipe)
@@ -224,7 +234,7 @@ def priorities(spec: dict, study: str, results: str | Path = "results") -> dict[
     others (more seeds, other learning rates); an ensemble's verdict needs its groups' members
     too (3 groups: 15 member runs). Then the cheaper run first, at the rate `progress`
     estimates (the median rate of the runs of the same network at the same batch size, else a
-    nominal one); then the study's order.
+    nominal one scaled to this CPU kind); then the study's order.
     """
     rows = {row["recipe"]: row for row in progress(spec, study, results).rows}
     recipes = all_recipes()

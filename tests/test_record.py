@@ -185,18 +185,39 @@ def test_a_run_with_more_threads_costs_its_cores(tmp_path):
 
 
 def test_what_is_left_is_estimated_at_this_cpus_rates_where_it_measured_them(tmp_path):
-    """The runs of this machine's kind of CPU set a network's rate when there are any (what is
-    left will train here); the other machines' runs count only for networks this one has not
-    trained."""
-    spec = {"recipes": ["seed_relu", "nielsen_ch6_basic_conv"], "seeds": [1, 2, 3, 4]}
+    """Once this machine's kind of CPU has runs, what is left is estimated at its speed (it trains
+    what is left): its own runs' rates for the networks it trained; for the others, whether
+    measured on other machines or not at all, the nominal rate times the median ratio of its
+    rates to the nominal ones."""
+    spec = {"recipes": ["seed_relu", "nielsen_ch6_basic_conv", "nielsen_ch6_fc100", "seed_final"],
+            "seeds": [1, 2, 3, 4]}
     finished_record("s", "seed_relu", 0.03, 1, tmp_path, images_per_second=500, cpu_kind="elsewhere")
     finished_record("s", "seed_relu", 0.03, 2, tmp_path, images_per_second=600, cpu_kind="elsewhere")
-    finished_record("s", "seed_relu", 0.03, 3, tmp_path, images_per_second=2000, cpu_kind=cpu_kind())
+    conv = NOMINAL_RATES["conv20-40"]
+    finished_record("s", "seed_relu", 0.03, 3, tmp_path, images_per_second=2 * conv, cpu_kind=cpu_kind())
+    dense = NOMINAL_RATES["dense"]
+    for seed, factor in [(1, 3), (2, 4), (3, 5)]:  # its median, 4: one network, one ratio
+        finished_record("s", "nielsen_ch6_fc100", 0.1, seed, tmp_path, images_per_second=factor * dense,
+                        cpu_kind=cpu_kind())
     finished_record("s", "nielsen_ch6_basic_conv", 0.1, 1, tmp_path, images_per_second=700)
     rows = {row["recipe"]: row for row in progress(spec, "s", tmp_path).rows}
-    for recipe_id, rate in [("seed_relu", 2000), ("nielsen_ch6_basic_conv", 700)]:
+    for recipe_id, rate in [("seed_relu", 2 * conv), ("nielsen_ch6_fc100", 4 * dense),
+                            ("nielsen_ch6_basic_conv", 3 * NOMINAL_RATES["conv20"]),  # median(2, 4) = 3
+                            ("seed_final", 3 * NOMINAL_RATES["conv20-40-fc1000x2"])]:
         assert rows[recipe_id]["run_hours"] == pytest.approx(
-            planned_images(all_recipes()[recipe_id], spec) / rate * 1.1 / 3600)
+            planned_images(all_recipes()[recipe_id], spec) / rate * 1.1 / 3600), recipe_id
+
+
+def test_a_cpu_kind_without_runs_estimates_at_every_kinds_rates(tmp_path):
+    """A new machine has no rate of its own: the recorded runs' medians, whatever kind trained
+    them, and the nominal rates, unscaled."""
+    spec = {"recipes": ["seed_relu", "seed_final"], "seeds": [1, 2, 3]}
+    finished_record("s", "seed_relu", 0.03, 1, tmp_path, images_per_second=500, cpu_kind="elsewhere")
+    finished_record("s", "seed_relu", 0.03, 2, tmp_path, images_per_second=900, cpu_kind="another")
+    rows = {row["recipe"]: row for row in progress(spec, "s", tmp_path).rows}
+    for recipe_id, rate in [("seed_relu", 700), ("seed_final", NOMINAL_RATES["conv20-40-fc1000x2"])]:
+        assert rows[recipe_id]["run_hours"] == pytest.approx(
+            planned_images(all_recipes()[recipe_id], spec) / rate * 1.1 / 3600), recipe_id
 
 
 def test_priorities_train_the_cheapest_runs_a_verdict_needs_first(tmp_path):
