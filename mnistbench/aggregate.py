@@ -152,6 +152,9 @@ def collect_runs(source, pipeline_check: bool = False) -> pd.DataFrame:
     rows = [_read_row(p) for p in paths]
     runs = pd.DataFrame(rows, columns=RUN_COLUMNS)
     runs["pipeline_check"] = runs["pipeline_check"].astype(bool) | pipeline_check
+    # A pipeline check's runs (one epoch on a few hundred images) are not the recipe's: missing a
+    # digit there fails nothing of it. Decided here, once; the summary and the report read `failed`.
+    runs["failed"] = runs["failed"].astype(bool) & ~runs["pipeline_check"]
     for column in ("seed", "group", "selected_epoch", "epochs", "batch_size", "train_images",
                    "train_subset"):
         runs[column] = runs[column].astype("Int64")
@@ -177,14 +180,11 @@ def _summary_row(group: pd.DataFrame) -> dict:
     judged = group[group["status"].isin(["finished", "diverged"])]
     failed = judged["failed"].astype(bool)
     # the statistics describe the runs that learned: a failed run is counted (failed, with its
-    # rate's interval), never averaged in, as the verdicts do (docs/report.md). A pipeline
-    # check's runs (one epoch on a few hundred images) are not the recipe's: missing a digit
-    # there fails nothing, so all of them are averaged, as the report does
+    # rate's interval), never averaged in, as the verdicts do (docs/report.md)
     learned = judged.loc[~failed & (judged["status"] == "finished"), "selected_accuracy"].dropna().astype(float)
-    averaged = finished if group["pipeline_check"].any() else learned
-    low, high = ci95(averaged)
+    low, high = ci95(learned)
     failure_low, failure_high = clopper_pearson(int(failed.sum()), len(judged))
-    mean = averaged.mean() if len(averaged) else math.nan
+    mean = learned.mean() if len(learned) else math.nan
     published = first["published_accuracy"]
     notes = []
     if group["pipeline_check"].any():
@@ -196,17 +196,17 @@ def _summary_row(group: pd.DataFrame) -> dict:
         notes += list(group.loc[group["status"] == "not_enough_runs", "note"].dropna().unique())
     elif len(finished) == 0:
         notes.append("no finished run")
-    elif len(averaged) == 0:
+    elif len(learned) == 0:
         notes.append("no run learned every digit: nothing averaged")
     return {
         "study": first["study"], "recipe": first["recipe"], "published_id": first["published_id"],
         "protocol": first["protocol"], "lr": first["lr"], "published_lr": first["published_lr"],
         "lr_factor": first["lr_factor"], "runs": len(group), "finished": len(finished),
         "diverged": int((group["status"] == "diverged").sum()), "mean": mean,
-        "std": averaged.std(ddof=1) if len(averaged) > 1 else math.nan,
+        "std": learned.std(ddof=1) if len(learned) > 1 else math.nan,
         "ci95_low": low, "ci95_high": high,
-        "min": averaged.min() if len(averaged) else math.nan,
-        "max": averaged.max() if len(averaged) else math.nan,
+        "min": learned.min() if len(learned) else math.nan,
+        "max": learned.max() if len(learned) else math.nan,
         "published_accuracy": published,
         "diff_pp": mean - published if pd.notna(published) else math.nan,
         "runs_with_unlearned_digit": int(missed_a_digit(group["unlearned_digits"]).sum()),

@@ -304,8 +304,9 @@ def judge_recipes(runs: pd.DataFrame, summary: pd.DataFrame, metrics: dict[int, 
     published learning rate, in the order of the published table; Holm's adjustment over every
     verdict drawn from an interval closes it (add_holm)."""
     recipes = all_recipes()
-    if "failed" not in runs:  # tables from before failed runs were classified
-        runs = runs.assign(failed=[failed_run(s, u) for s, u in zip(runs["status"], runs["unlearned_digits"])])
+    if "failed" not in runs:  # tables from before failed runs were classified (collect_runs' rule)
+        runs = runs.assign(failed=[failed_run(s, u) and not c for s, u, c
+                                   in zip(runs["status"], runs["unlearned_digits"], runs["pipeline_check"])])
     rows = []
     for recipe_id in [r for r in recipes if r in set(summary["recipe"])]:
         recipe = recipes[recipe_id]
@@ -332,11 +333,10 @@ def judge_recipes(runs: pd.DataFrame, summary: pd.DataFrame, metrics: dict[int, 
         detail = {}
         if recipe.kind == "ensemble" and published is not None and not pipeline_check and not changed:
             judgement, detail = judge_ensemble(recipe, runs, metrics, printed)
-        else:  # runs that are not the published recipe's (a pipeline check) fail nothing of it
-            not_judged = pipeline_check or bool(changed)
+        else:  # a pipeline check's runs fail nothing (runs.csv's `failed`, aggregate.collect_runs)
             judgement = stats.judge_runs(
                 published, judged_runs["selected_accuracy"].astype(float).tolist(),
-                [False] * len(judged_runs) if not_judged else judged_runs["failed"].astype(bool).tolist(), k=k,
+                judged_runs["failed"].astype(bool).tolist(), k=k,
                 chooser=chooser if recipe.best_chosen_by == "validation" else None,
                 printed=printed, pipeline_check=pipeline_check, settings_changed=changed,
                 deterministic=recipe.kind == "baseline")

@@ -126,6 +126,21 @@ def test_one_run_has_no_confidence_interval(study_dir):
     assert math.isnan(row["std"]) and math.isnan(row["ci95_low"]) and math.isnan(row["ci95_high"])
 
 
+def test_a_pipeline_checks_runs_fail_nothing(study_dir):
+    """One epoch on 300 images misses digits, which fails nothing of a recipe: in a pipeline check
+    no run is `failed` (runs.csv, which summary.csv and the report read), so every finished run
+    is averaged; the digits it missed are still named."""
+    plain, check = collect_runs(study_dir), collect_runs(study_dir, pipeline_check=True)
+    fc = plain["recipe"] == "nielsen_ch1_fc100"
+    assert plain.loc[fc, "failed"].any()  # the rule itself, outside a pipeline check
+    assert not check["failed"].any()
+    assert check["unlearned_digits"].equals(plain["unlearned_digits"])
+    row = summarize(check[check["recipe"] == "nielsen_ch1_fc100"]).iloc[0]
+    assert (row["learned"], row["failed"]) == (len(FC_SEEDS), 0)
+    assert row["runs_with_unlearned_digit"] == missed_a_digit(check.loc[fc, "unlearned_digits"]).sum()
+    assert row["mean"] == pytest.approx(check.loc[fc, "selected_accuracy"].mean())
+
+
 def test_aggregate_command_writes_the_three_tables(study_dir, capsys):
     assert main(["aggregate", str(study_dir), "--pipeline-check"]) == 0
     runs = pd.read_csv(study_dir / "runs.csv")
