@@ -291,6 +291,7 @@ def short_why(recipe, judgement: stats.Judgement, detail: dict, published_text: 
     if recipe.kind == "baseline":
         return f"{round(abs(judgement.mean - printed[0]) * 100)} test images apart"
     parts = [f"{what} ({centre:.2f}%) is {images} test images {side} it", pick or "",
+             f"the rank check's verdict: {normality}" if "Shapiro-Wilk" in judgement.reason else "",
              "a variant: another reading of the source" if recipe.variant else "",
              ("rank check: cannot decide" if judgement.rank_floor >= (1 - stats.LEVEL) / 2
               else f"rank check: {judgement.rank_verdict}")
@@ -345,10 +346,10 @@ def judge_recipes(runs: pd.DataFrame, summary: pd.DataFrame, metrics: dict[int, 
             reason = f"no runs at the published learning rate {line_lr(lines)}"
         elif judgement.verdict == "not enough runs" and isinstance(line.get("note"), str):
             reason = f"{reason}; {line['note']}"
-        if recipe.variant and judgement.verdict in ("above", "below") and not reason:
+        if recipe.variant and judgement.verdict in ("above", "below"):
             # a variant measures another reading of the source: missing the number is its finding
-            reason = f"trained under another reading than the source's ({recipe.variant}); " \
-                     f"`{recipe.published_id}` is the faithful recipe"
+            reason = "; ".join(filter(None, [reason, f"trained under another reading than the source's "
+                                             f"({recipe.variant}); `{recipe.published_id}` is the faithful recipe"]))
         if recipe.kind == "baseline" and judgement.verdict in ("above", "below") and not reason:
             images = round(abs(judgement.mean - published) * 100)  # the 10,000 test images, in percent
             reason = f"{images} test image{'s' if images != 1 else ''} apart"
@@ -362,7 +363,7 @@ def judge_recipes(runs: pd.DataFrame, summary: pd.DataFrame, metrics: dict[int, 
                  reached_note([metrics[i] for i in learned.index], published_row["published_accuracy_pct"],
                               printed[0], recipe.selection_split)
                  if short and judgement.verdict == "above" else None,
-                 normality_note(judgement) if judged else None,
+                 normality_note(judgement) if judged and "Shapiro-Wilk" not in reason else None,
                  rank_note(judgement, k) if judged else None,
                  ensemble_note(detail, published_row["published_accuracy_pct"]) if detail else None,
                  vote_note([metrics[i] for i in finished.index]) if recipe.kind == "ensemble" else None]

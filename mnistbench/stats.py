@@ -53,7 +53,9 @@ VERDICTS = {
     "below": "the published number is below the 95% prediction interval: our runs do better",
     "uninformative": f"the 95% interval is wider than {MAX_WIDTH:g} points (it would hold almost "
                      "any accuracy) or reaches 0% or 100% (the normal model behind it puts runs "
-                     "past the scale: too few runs for their spread), so it supports no verdict",
+                     "past the scale: too few runs for their spread), or it puts the number outside "
+                     "while Shapiro-Wilk rejects its normal model and the rank check (no model) does "
+                     "not: it supports no verdict",
     "not enough runs": f"fewer than {MIN_RUNS} runs that learned (or fewer than the k of a best "
                        "of k) at the published learning rate; failed runs do not count: no verdict",
     "settings changed": "the study changed the recipe's epochs or training images, so its runs "
@@ -396,7 +398,28 @@ def judge(published: float | None, mean: float, sd: float, n: int, *, k: int = 1
         extra = {"rank_p": p_above if printed[0] > centre else p_below, "rank_verdict": rank_verdict,
                  "rank_floor": rank_floor(len(values), k, side, by_value),
                  "normality_p": normality_p(values)}
+        if extra["normality_p"] < 1 - LEVEL and verdict != "uninformative" and rank_verdict != verdict:
+            verdict, reason, p_value = _without_normal_model(verdict, extra, len(values), p_value)
     return Judgement(verdict, low, high, k, expected, reason, p_value=p_value, **extra)
+
+
+def _without_normal_model(verdict: str, extra: dict, n: int, p_value: float) -> tuple[str, str, float]:
+    """The verdict where Shapiro-Wilk rejects the normal model behind the interval and the rank
+    check, which assumes none, disagrees with it: the rank check's verdict where it finds the
+    published number outside our runs (its one-sided p doubled is the verdict's p); where it
+    finds it inside, or cannot decide with so few runs, the interval alone is no evidence:
+    "uninformative"."""
+    rejected = f"Shapiro-Wilk rejects the normal model of the {n} runs (p = {extra['normality_p']:.4f})"
+    rank = extra["rank_verdict"]
+    if rank != "consistent":
+        return rank, (f"{rejected}: the verdict is the rank check's (no normal model; one-sided p "
+                      f"{extra['rank_p']:.3f}), not the interval's ({verdict})"), min(1.0, 2 * extra["rank_p"])
+    if extra["rank_floor"] >= (1 - LEVEL) / 2:
+        without = (f"the rank check, which needs none, cannot decide with {n} runs (its smallest "
+                   f"one-sided p is {extra['rank_floor']:.3f})")
+    else:
+        without = f"the rank check, which needs none, finds it consistent (one-sided p {extra['rank_p']:.3f})"
+    return "uninformative", f"the interval says {verdict}, but {rejected}, and {without}", p_value
 
 
 def failed_runs_text(failed: int, runs: int, low: float, high: float) -> str:

@@ -145,6 +145,32 @@ def test_shapiro_wilk():
     assert math.isnan(stats.normality_p([1.0, 2.0])) and math.isnan(stats.normality_p([1.0] * 4))
 
 
+def test_a_rejected_normal_model_leaves_the_verdict_to_the_rank_check():
+    # seed_relu_wd01_normalized's 5 runs: four at 92.6-92.8, one at 89.76. The normal interval
+    # (92.09 +- 2.776445 * 1.3056 * sqrt(1.2) = 88.12-96.06) puts 85.31 below it, but
+    # Shapiro-Wilk rejects that model, and 5 runs cannot give the rank check a p under 1/6
+    runs = [92.67, 92.65, 92.59, 92.79, 89.76]
+    mean, sd = sum(runs) / 5, pd.Series(runs).std()
+    assert stats.normality_p(runs) < 0.001
+    judgement = stats.judge(85.31, mean, sd, 5, printed=(85.305, 85.315), values=runs)
+    assert (judgement.low, judgement.high) == pytest.approx((88.12, 96.06), abs=0.01)
+    assert (judgement.verdict, judgement.rank_verdict) == ("uninformative", "consistent")
+    assert judgement.rank_p == pytest.approx(1 / 6) and "interval says below" in judgement.reason
+    # the same runs without the odd one are normal enough: the interval's verdict stands
+    assert stats.judge(85.31, 92.675, 0.0835, 4, printed=(85.305, 85.315), values=runs[:4]).verdict == "below"
+
+    # 40 runs, one far below the rest: the model is rejected, and 40 runs can decide without it.
+    # 99.5 is above every run: rank p = k / (n + k) = 1/41 = 0.0244 < 0.025, so "above", although
+    # the normal interval, widened by the odd run, holds it
+    runs = [99.0 + 0.0025 * i for i in range(39)] + [97.0]
+    mean, sd = sum(runs) / 40, pd.Series(runs).std()
+    judgement = stats.judge(99.5, mean, sd, 40, printed=(99.495, 99.505), values=runs)
+    assert judgement.high > 99.505 and stats.normality_p(runs) < 0.05
+    assert (judgement.verdict, judgement.rank_verdict) == ("above", "above")
+    assert judgement.rank_p == pytest.approx(1 / 41) and judgement.p_value == pytest.approx(2 / 41)
+    assert "rank check's" in judgement.reason
+
+
 def test_holm_by_hand():
     # sorted: 0.01, 0.03, 0.04, 0.5 (m = 4): 4 * 0.01 = 0.04; 3 * 0.03 = 0.09; 2 * 0.04 = 0.08,
     # kept at 0.09 (monotone); 1 * 0.5 = 0.5. nan is no test and does not count in m.
