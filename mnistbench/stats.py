@@ -194,25 +194,18 @@ PREDICTIVE_DRAWS = 100_000
 
 
 def _normal_posterior_draws(x: np.ndarray, draws: int, rng: np.random.Generator):
-    """(mu, cholesky(Sigma)) drawn from the posterior of a p-variate normal model (p = 1 or 2) of
-    the n rows of x: Sigma ~ InvWishart(n + p - 2, S) (S the sum of squares about the mean) and
-    mu | Sigma ~ N(mean, Sigma/n), the posterior under the prior p(mu, Sigma) ~ |Sigma|^-p.
-
-    For p = 1 that is the standard prior 1/sigma^2: Sigma = S / chi2(n - 1), and one new run
-    from this predictive is exactly the t prediction interval's mean +- t(n - 1) * sd *
-    sqrt(1 + 1/n). For p = 2 it is Jeffreys' |Sigma|^-2, chosen because under it each number's
-    own posterior is exactly that univariate one (an InvWishart(nu) marginal has nu - p + 1 degrees
-    of freedom): modelling validation beside test accuracy adds what their correlation says
-    about the chosen run, and takes nothing from what the runs say about test accuracy. The
-    other common prior, |Sigma|^-(p+1)/2, leaves n - 2 degrees of freedom to each number, which
-    with n = 3 runs turns one run's t(2) predictive into a Cauchy one."""
+    """(mu, cholesky(Sigma)) drawn from the posterior of a p-variate normal model of the n rows
+    of x under the standard noninformative prior p(mu, Sigma) ~ |Sigma|^-(p+1)/2: Sigma ~
+    InvWishart(n - 1, S) (S the sum of squares about the mean) and mu | Sigma ~ N(mean, Sigma/n).
+    For p = 1, Sigma = S / chi2(n - 1), and one new run from this predictive is exactly the t
+    prediction interval's mean +- t(n - 1) * sd * sqrt(1 + 1/n)."""
     n, p = x.shape
     mean = x.mean(axis=0)
     scatter = (x - mean).T @ (x - mean)
     if p == 1:
         sigma = scatter.reshape(1, 1, 1) / stats.chi2.rvs(n - 1, size=draws, random_state=rng).reshape(-1, 1, 1)
     else:
-        sigma = stats.invwishart.rvs(df=n + p - 2, scale=scatter, size=draws, random_state=rng)
+        sigma = stats.invwishart.rvs(df=n - 1, scale=scatter, size=draws, random_state=rng)
     root = np.linalg.cholesky(sigma) if p > 1 else np.sqrt(sigma)
     mu = mean + np.einsum("dij,dj->di", root, rng.standard_normal((draws, p))) / math.sqrt(n)
     return mu, root
@@ -229,8 +222,7 @@ def best_of_k_predictive(chooser: list[float], value: list[float], k: int, faile
     run with the best chooser: the test accuracy of the best-validation run depends on how
     validation and test accuracy go together across runs (their correlation), which the model
     estimates with everything else. The posterior carries the uncertainty of having only n runs
-    (with n = k = 3 the tails are heavy, as they should be), and each number's own part of it is
-    the one-number model's (_normal_posterior_draws). Fixed seed: the same runs give the
+    (with n = k = 3 the tails are heavy, as they should be). Fixed seed: the same runs give the
     same draws. Degenerate runs: a constant chooser ties every run (the choice is one run at
     random); perfectly correlated (or anti-correlated) pairs choose by the value's maximum (or
     minimum).
