@@ -291,7 +291,8 @@ def short_why(recipe, judgement: stats.Judgement, detail: dict, published_text: 
     if recipe.kind == "baseline":
         return f"{round(abs(judgement.mean - printed[0]) * 100)} test images apart"
     parts = [f"{what} ({centre:.2f}%) is {images} test images {side} it", pick or "",
-             f"the rank check's verdict: {normality}" if "Shapiro-Wilk" in judgement.reason else "",
+             f"verdict from the rank check (Shapiro-Wilk rejects a normal model, p = {judgement.normality_p:.4f})"
+             if "Shapiro-Wilk" in judgement.reason else "",
              "a variant: another reading of the source" if recipe.variant else "",
              ("rank check: cannot decide" if judgement.rank_floor >= (1 - stats.LEVEL) / 2
               else f"rank check: {judgement.rank_verdict}")

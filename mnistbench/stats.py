@@ -398,28 +398,38 @@ def judge(published: float | None, mean: float, sd: float, n: int, *, k: int = 1
         extra = {"rank_p": p_above if printed[0] > centre else p_below, "rank_verdict": rank_verdict,
                  "rank_floor": rank_floor(len(values), k, side, by_value),
                  "normality_p": normality_p(values)}
-        if extra["normality_p"] < 1 - LEVEL and verdict != "uninformative" and rank_verdict != verdict:
-            verdict, reason, p_value = _without_normal_model(verdict, extra, len(values), p_value)
+        if extra["normality_p"] < 1 - LEVEL and rank_verdict != verdict:
+            verdict, reason, p_value = _without_normal_model(
+                verdict, reason, p_value, extra, (p_above, p_below), len(values), failed)
     return Judgement(verdict, low, high, k, expected, reason, p_value=p_value, **extra)
 
 
-def _without_normal_model(verdict: str, extra: dict, n: int, p_value: float) -> tuple[str, str, float]:
-    """The verdict where Shapiro-Wilk rejects the normal model behind the interval and the rank
-    check, which assumes none, disagrees with it: the rank check's verdict where it finds the
-    published number outside our runs (its one-sided p doubled is the verdict's p); where it
-    finds it inside, or cannot decide with so few runs, the interval alone is no evidence:
-    "uninformative"."""
+def _without_normal_model(verdict: str, reason: str, p_value: float, extra: dict,
+                          rank_p: tuple[float, float], n: int, failed: int) -> tuple[str, str, float]:
+    """(verdict, reason, p) where Shapiro-Wilk rejects the normal model behind the interval and
+    the rank check, which assumes none, disagrees with it. Where the rank check finds the
+    published number outside our runs, its verdict is the row's, and its one-sided p on that
+    side, doubled, the row's p; but only where no run failed: the rank check compares the
+    published run with ours as if every new run learned, which makes its p too small for a best
+    of k some of whose runs would fail. Otherwise the interval is no evidence either way:
+    "uninformative", with no p (the model that gave it is rejected), so Holm's count leaves it out."""
     rejected = f"Shapiro-Wilk rejects the normal model of the {n} runs (p = {extra['normality_p']:.4f})"
     rank = extra["rank_verdict"]
-    if rank != "consistent":
+    if rank != "consistent" and not failed:
+        side_p = rank_p[0] if rank == "above" else rank_p[1]
         return rank, (f"{rejected}: the verdict is the rank check's (no normal model; one-sided p "
-                      f"{extra['rank_p']:.3f}), not the interval's ({verdict})"), min(1.0, 2 * extra["rank_p"])
-    if extra["rank_floor"] >= (1 - LEVEL) / 2:
+                      f"{side_p:.3f}), not the interval's ({verdict})"), min(1.0, 2 * side_p)
+    if verdict == "uninformative":
+        return verdict, reason, p_value
+    if rank != "consistent":
+        without = (f"the rank check, which needs none, says {rank} but counts none of our {failed} "
+                   f"failed run{'s' if failed != 1 else ''}")
+    elif extra["rank_floor"] >= (1 - LEVEL) / 2:
         without = (f"the rank check, which needs none, cannot decide with {n} runs (its smallest "
                    f"one-sided p is {extra['rank_floor']:.3f})")
     else:
         without = f"the rank check, which needs none, finds it consistent (one-sided p {extra['rank_p']:.3f})"
-    return "uninformative", f"the interval says {verdict}, but {rejected}, and {without}", p_value
+    return "uninformative", f"the interval says {verdict}, but {rejected}, and {without}", math.nan
 
 
 def failed_runs_text(failed: int, runs: int, low: float, high: float) -> str:

@@ -147,6 +147,23 @@ def test_best_of_k_interval_centre_and_heavy_tails():
     assert expected == pytest.approx(99.51) and low < 99.0 and high > 100
 
 
+def test_best_of_3_by_validation_interval_covers_at_n_3():
+    """The interval is a 95% claim: simulated, it must hold the best-of-3-by-validation run of 3
+    new (validation, test) pairs at least about 95% of the time from 3 runs, the record's case.
+    300 draws of 3 runs (correlation 0.6), fixed seeds: 0.98 measured; a prior that narrows it
+    (|Sigma|^-2, tried and reverted on 2026-12-07) gives 0.90 here (docs/report.md)."""
+    rng = np.random.default_rng(7)
+    cov = np.array([[1.0, 0.6], [0.6, 1.0]])
+    hits, reps = 0, 300
+    for rep in range(reps):
+        runs = rng.multivariate_normal([0, 0], cov, size=3)
+        new = rng.multivariate_normal([0, 0], cov, size=3)
+        draws = stats.best_of_k_predictive(list(runs[:, 0]), list(runs[:, 1]), 3, draws=4000, seed=rep)
+        low, high = np.quantile(draws, [0.025, 0.975])
+        hits += low <= new[new[:, 0].argmax(), 1] <= high
+    assert hits / reps >= 0.94
+
+
 # Ten runs whose validation accuracy orders them nearly in reverse of their test accuracy
 # (correlation -0.95): the best of 3 by validation is a low test accuracy.
 TEN_TEST = [98.0, 98.1, 98.2, 98.3, 98.4, 98.5, 98.6, 98.7, 98.8, 98.9]

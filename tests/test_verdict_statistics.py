@@ -156,6 +156,7 @@ def test_a_rejected_normal_model_leaves_the_verdict_to_the_rank_check():
     assert (judgement.low, judgement.high) == pytest.approx((88.12, 96.06), abs=0.01)
     assert (judgement.verdict, judgement.rank_verdict) == ("uninformative", "consistent")
     assert judgement.rank_p == pytest.approx(1 / 6) and "interval says below" in judgement.reason
+    assert math.isnan(judgement.p_value)  # no p from a rejected model: Holm's count leaves it out
     # the same runs without the odd one are normal enough: the interval's verdict stands
     assert stats.judge(85.31, 92.675, 0.0835, 4, printed=(85.305, 85.315), values=runs[:4]).verdict == "below"
 
@@ -169,6 +170,9 @@ def test_a_rejected_normal_model_leaves_the_verdict_to_the_rank_check():
     assert (judgement.verdict, judgement.rank_verdict) == ("above", "above")
     assert judgement.rank_p == pytest.approx(1 / 41) and judgement.p_value == pytest.approx(2 / 41)
     assert "rank check's" in judgement.reason
+    # but the rank check counts no failed run: with one of ours failed, it decides nothing
+    failed = stats.judge(99.5, mean, sd, 40, printed=(99.495, 99.505), values=runs, failed=1)
+    assert failed.verdict == "uninformative" and "failed run" in failed.reason and math.isnan(failed.p_value)
 
 
 def test_holm_by_hand():
