@@ -62,6 +62,12 @@ def load_tables(study_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return tables[0], tables[1]
 
 
+def is_pipeline_check(summary: pd.DataFrame, study_config: dict | None) -> bool:
+    """A pipeline check's tables say so (aggregate --pipeline-check); a study config saying so
+    covers tables aggregated by hand without the flag."""
+    return bool(summary["pipeline_check"].any() or (study_config or {}).get("pipeline_check"))
+
+
 def study_config(study: str, config_path: str | None, inline_json: str | None) -> dict | None:
     """The study's entry of the workflow config: inline JSON (from the workflow), else
     studies.<study> of config_path when that file exists, else None."""
@@ -725,7 +731,7 @@ def build_report(study_dir, out_dir, study_config: dict | None = None) -> Path:
     metrics = load_metrics(runs, study_dir)
     for folder in (FIGURES_DIR, CURVES_DIR):  # ours alone: no figure of an earlier report survives
         shutil.rmtree(out / folder, ignore_errors=True)
-    pipeline_check = bool(summary["pipeline_check"].any() or (study_config or {}).get("pipeline_check"))
+    pipeline_check = is_pipeline_check(summary, study_config)
     rows = judge_recipes(runs, summary, metrics, pipeline_check)
     made = make_figures(out, runs, summary, rows, metrics)
     recipes = all_recipes()

@@ -236,11 +236,10 @@ def study_verdicts(study_dir: Path, study_config: dict | None = None):
     verdict, reason (a DataFrame), judged from the study's tables as the report judges them."""
     import pandas as pd
 
-    from .report import judge_recipes, load_metrics, load_tables
+    from .report import is_pipeline_check, judge_recipes, load_metrics, load_tables
 
     runs, summary = load_tables(study_dir)
-    pipeline_check = bool(summary["pipeline_check"].any() or (study_config or {}).get("pipeline_check"))
-    rows = judge_recipes(runs, summary, load_metrics(runs, study_dir), pipeline_check)
+    rows = judge_recipes(runs, summary, load_metrics(runs, study_dir), is_pipeline_check(summary, study_config))
     return pd.DataFrame(rows, columns=["recipe", "published", "mean", "sd", "n", "verdict", "reason"])
 
 
