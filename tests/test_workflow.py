@@ -202,7 +202,10 @@ def test_the_study_parent_run_holds_every_run_the_tables_and_the_report(study, m
     assert table.set_index("recipe")["mean"].to_dict() == pytest.approx(summary.set_index("recipe")["mean"].to_dict(), nan_ok=True)
     verdicts = client.load_table(parent.info.experiment_id, "verdicts.json", [parent.info.run_id])
     assert list(verdicts.columns) == ["recipe", "published", "mean", "sd", "n", "verdict", "reason"]
-    assert sorted(verdicts["recipe"]) == sorted(RECIPES) and set(verdicts["n"]) == {2}
+    assert sorted(verdicts["recipe"]) == sorted(RECIPES)
+    # the runs judged are those that learned every digit, as summary.csv counts them (one epoch on
+    # 500 images often misses one; the study changed the recipe's settings, so no verdict)
+    assert verdicts.set_index("recipe")["n"].to_dict() == summary.set_index("recipe")["learned"].to_dict()
     assert set(verdicts["verdict"]) == {"settings changed"}  # 1 epoch on 500 images: no verdict
 
     report = workdir / "reports" / STUDY
