@@ -28,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import ensemble, figures, stats
-from .aggregate import UNLEARNED_RECALL, ci95, failed_run, missed_a_digit
+from .aggregate import UNLEARNED_RECALL, ci95, failed_column, missed_a_digit
 from .record import (RECORD_FILE, WALL_LAST_STRETCH, RecordError, atomic_write, core_seconds, experiment_name,
                      git, read_record, wall_provenance)
 from .definitions import learn
@@ -298,7 +298,7 @@ def short_why(recipe, judgement: stats.Judgement, detail: dict, published_text: 
         return f"{round(abs(judgement.mean - printed[0]) * 100)} test images apart"
     parts = [f"{what} ({centre:.2f}%) is {images} test images {side} it", pick or "",
              f"verdict from the rank check (Shapiro-Wilk rejects a normal model, p = {judgement.normality_p:.4f})"
-             if "Shapiro-Wilk" in judgement.reason else "",
+             if judgement.without_normal_model else "",
              "a variant: another reading of the source" if recipe.variant else "",
              ("rank check: cannot decide" if judgement.rank_floor >= (1 - stats.LEVEL) / 2
               else f"rank check: {judgement.rank_verdict}")
@@ -312,9 +312,8 @@ def judge_recipes(runs: pd.DataFrame, summary: pd.DataFrame, metrics: dict[int, 
     published learning rate, in the order of the published table; Holm's adjustment over every
     verdict drawn from an interval closes it (add_holm)."""
     recipes = all_recipes()
-    if "failed" not in runs:  # tables from before failed runs were classified (collect_runs' rule)
-        runs = runs.assign(failed=[failed_run(s, u) and not c for s, u, c
-                                   in zip(runs["status"], runs["unlearned_digits"], runs["pipeline_check"])])
+    if "failed" not in runs:  # tables from before runs.csv had the column
+        runs = runs.assign(failed=failed_column(runs))
     rows = []
     for recipe_id in [r for r in recipes if r in set(summary["recipe"])]:
         recipe = recipes[recipe_id]
@@ -370,7 +369,7 @@ def judge_recipes(runs: pd.DataFrame, summary: pd.DataFrame, metrics: dict[int, 
                  reached_note([metrics[i] for i in learned.index], published_row["published_accuracy_pct"],
                               printed[0], recipe.selection_split)
                  if short and judgement.verdict == "above" else None,
-                 normality_note(judgement) if judged and "Shapiro-Wilk" not in reason else None,
+                 normality_note(judgement) if judged and not judgement.without_normal_model else None,
                  rank_note(judgement, k) if judged else None,
                  ensemble_note(detail, published_row["published_accuracy_pct"]) if detail else None,
                  vote_note([metrics[i] for i in finished.index]) if recipe.kind == "ensemble" else None]

@@ -322,6 +322,8 @@ class Judgement:
     rank_verdict: str = ""  # what the rank check alone says: consistent, above or below
     rank_floor: float = math.nan  # the smallest p it can give on the interval's side (rank_floor)
     normality_p: float = math.nan  # Shapiro-Wilk over the runs judged
+    # the verdict was taken without the normal model, which Shapiro-Wilk rejects (the reason says so)
+    without_normal_model: bool = False
     # judge_runs: the runs at the published lr, those that failed, and its exact 95% interval
     runs: int = 0
     failed: int = 0
@@ -399,20 +401,23 @@ def judge(published: float | None, mean: float, sd: float, n: int, *, k: int = 1
                  "rank_floor": rank_floor(len(values), k, side, by_value),
                  "normality_p": normality_p(values)}
         if extra["normality_p"] < 1 - LEVEL and rank_verdict != verdict:
-            verdict, reason, p_value = _without_normal_model(
-                verdict, reason, p_value, extra, (p_above, p_below), len(values), failed)
+            without = _without_normal_model(verdict, extra, (p_above, p_below), len(values), failed)
+            if without:
+                verdict, reason, p_value = without
+                extra["without_normal_model"] = True
     return Judgement(verdict, low, high, k, expected, reason, p_value=p_value, **extra)
 
 
-def _without_normal_model(verdict: str, reason: str, p_value: float, extra: dict,
-                          rank_p: tuple[float, float], n: int, failed: int) -> tuple[str, str, float]:
+def _without_normal_model(verdict: str, extra: dict, rank_p: tuple[float, float], n: int,
+                          failed: int) -> tuple[str, str, float] | None:
     """(verdict, reason, p) where Shapiro-Wilk rejects the normal model behind the interval and
     the rank check, which assumes none, disagrees with it. Where the rank check finds the
     published number outside our runs, its verdict is the row's, and its one-sided p on that
     side, doubled, the row's p; but only where no run failed: the rank check compares the
     published run with ours as if every new run learned, which makes its p too small for a best
     of k some of whose runs would fail. Otherwise the interval is no evidence either way:
-    "uninformative", with no p (the model that gave it is rejected), so Holm's count leaves it out."""
+    "uninformative", with no p (the model that gave it is rejected), so Holm's count leaves it out.
+    None: the interval already left the row uninformative, and it keeps that reason."""
     rejected = f"Shapiro-Wilk rejects the normal model of the {n} runs (p = {extra['normality_p']:.4f})"
     rank = extra["rank_verdict"]
     if rank != "consistent" and not failed:
@@ -420,7 +425,7 @@ def _without_normal_model(verdict: str, reason: str, p_value: float, extra: dict
         return rank, (f"{rejected}: the verdict is the rank check's (no normal model; one-sided p "
                       f"{side_p:.3f}), not the interval's ({verdict})"), min(1.0, 2 * side_p)
     if verdict == "uninformative":
-        return verdict, reason, p_value
+        return None
     if rank != "consistent":
         without = (f"the rank check, which needs none, says {rank} but counts none of our {failed} "
                    f"failed run{'s' if failed != 1 else ''}")

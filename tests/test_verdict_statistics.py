@@ -157,8 +157,10 @@ def test_a_rejected_normal_model_leaves_the_verdict_to_the_rank_check():
     assert (judgement.verdict, judgement.rank_verdict) == ("uninformative", "consistent")
     assert judgement.rank_p == pytest.approx(1 / 6) and "interval says below" in judgement.reason
     assert math.isnan(judgement.p_value)  # no p from a rejected model: Holm's count leaves it out
+    assert judgement.without_normal_model  # the report reads this, not the reason's words
     # the same runs without the odd one are normal enough: the interval's verdict stands
-    assert stats.judge(85.31, 92.675, 0.0835, 4, printed=(85.305, 85.315), values=runs[:4]).verdict == "below"
+    normal = stats.judge(85.31, 92.675, 0.0835, 4, printed=(85.305, 85.315), values=runs[:4])
+    assert normal.verdict == "below" and not normal.without_normal_model
 
     # 40 runs, one far below the rest: the model is rejected, and 40 runs can decide without it.
     # 99.5 is above every run: rank p = k / (n + k) = 1/41 = 0.0244 < 0.025, so "above", although
@@ -169,10 +171,15 @@ def test_a_rejected_normal_model_leaves_the_verdict_to_the_rank_check():
     assert judgement.high > 99.505 and stats.normality_p(runs) < 0.05
     assert (judgement.verdict, judgement.rank_verdict) == ("above", "above")
     assert judgement.rank_p == pytest.approx(1 / 41) and judgement.p_value == pytest.approx(2 / 41)
-    assert "rank check's" in judgement.reason
+    assert "rank check's" in judgement.reason and judgement.without_normal_model
     # but the rank check counts no failed run: with one of ours failed, it decides nothing
     failed = stats.judge(99.5, mean, sd, 40, printed=(99.495, 99.505), values=runs, failed=1)
     assert failed.verdict == "uninformative" and "failed run" in failed.reason and math.isnan(failed.p_value)
+    # an interval too wide to judge stays uninformative for its own reason, rejected model or not
+    runs = [50.0, 50.1, 50.2, 50.3, 20.0]
+    wide = stats.judge(45.0, sum(runs) / 5, pd.Series(runs).std(), 5, printed=(44.95, 45.05), values=runs)
+    assert stats.normality_p(runs) < 0.05 and wide.rank_verdict == "consistent"
+    assert wide.verdict == "uninformative" and "points wide" in wide.reason and not wide.without_normal_model
 
 
 def test_holm_by_hand():
