@@ -30,5 +30,8 @@ run: setup
 test: setup
 	$(BIN)/python -m pytest -n auto --dist loadfile -ra --durations=15  # a worker per core; a file stays on one worker (its module fixtures train once); CI allows 30 minutes
 
+# Generated outputs only: the tracked replication record (results/replication/, reports/replication/)
+# stays, with any checkpoint of a run in progress there.
 clean:
-	rm -rf results reports logs .snakemake
+	find results reports -mindepth 1 -maxdepth 1 ! -name replication -exec rm -rf {} + 2>/dev/null || true
+	rm -rf logs .snakemake

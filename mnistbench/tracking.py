@@ -236,7 +236,7 @@ def study_verdicts(study_dir: Path, study_config: dict | None = None):
     verdict, reason (a DataFrame), judged from the study's tables as the report judges them."""
     import pandas as pd
 
-    from .report import is_pipeline_check, judge_recipes, load_metrics, load_tables
+    from .verdicts import is_pipeline_check, judge_recipes, load_metrics, load_tables
 
     runs, summary = load_tables(study_dir)
     rows = judge_recipes(runs, summary, load_metrics(runs, study_dir), is_pipeline_check(summary, study_config))

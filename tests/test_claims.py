@@ -19,7 +19,8 @@ from mnistbench import cli, definitions, recipes, stats
 from mnistbench.aggregate import collect_runs, write_tables
 from mnistbench.definitions import DefinitionError, define
 from mnistbench.record import read_record, run_dir
-from mnistbench.report import build_report, judge_recipes, load_metrics, load_tables
+from mnistbench.report import build_report
+from mnistbench.verdicts import judge_recipes, load_metrics, load_tables
 from mnistbench.study import planned_runs
 from mnistbench.train import planned_config
 

@@ -82,3 +82,17 @@ def test_fresh_clone_trains_nothing_and_a_deleted_record_retrains_exactly_that_r
     assert deleted.exists() and kept.stat().st_mtime_ns == kept_stamp
     assert (clone / "data" / "MNIST" / "raw" / "train-images-idx3-ubyte").exists()  # fetched by the job
     assert (clone / "reports" / STUDY / "index.html").exists()
+
+
+def test_make_clean_keeps_the_tracked_record(tmp_path):
+    """`make clean` removes what studies generate, never the tracked replication record."""
+    shutil.copy(ROOT / "Makefile", tmp_path)
+    kept = ["results/replication/runs/r/lr=1/seed=1/metrics.json", "results/replication/summary.csv",
+            "reports/replication/README.md", "reports/replication/figures/a.png"]
+    gone = ["results/quick/summary.csv", "reports/quick/index.html", "logs/quick/a.log", ".snakemake/x"]
+    for name in kept + gone:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+    subprocess.run(["make", "clean"], cwd=tmp_path, check=True, capture_output=True)
+    assert [n for n in kept if not (tmp_path / n).exists()] == []
+    assert [n for n in gone if (tmp_path / n).exists()] == []

@@ -366,13 +366,16 @@ def test_readme_findings_are_generated_from_the_record():
 
     readme = (ROOT / "README.md").read_text()
     block = readme.split(FINDINGS_START, 1)[1].split(FINDINGS_END, 1)[0].strip()
-    assert block == findings_table(RECORD).strip(), "run `mnistbench findings --write` and commit README.md"
+    planned = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["studies"]["replication"]["recipes"]
+    assert block == findings_table(RECORD, planned).strip(), "run `mnistbench findings --write` and commit README.md"
+    # every number the study plans has its line, with runs or without them yet
+    assert [r for r in planned if f"| `{r}`" not in block] == []
 
 
 def test_a_variant_that_misses_its_number_says_which_reading_it_trained():
     """A variant (another reading of a source) whose verdict is above or below gives that reading
     and names the faithful recipe as its reason, in the record's own verdicts."""
-    from mnistbench.report import judge_recipes, load_metrics, load_tables
+    from mnistbench.verdicts import judge_recipes, load_metrics, load_tables
 
     runs, summary = load_tables(RECORD)
     rows = judge_recipes(runs, summary, load_metrics(runs, RECORD), pipeline_check=False)

@@ -25,7 +25,7 @@ import pytest
 
 from mnistbench import stats
 from mnistbench.cli import main
-from mnistbench.report import judge_recipes, load_metrics, load_tables, reached_note, unlearned_note, vote_note
+from mnistbench.verdicts import judge_recipes, load_metrics, load_tables, reached_note, unlearned_note, vote_note
 
 RECIPES = ["nielsen_ch1_fc100", "seed_dense_mse"]  # one architecture under both protocols
 SEEDS = [1, 2, 3]
@@ -101,6 +101,19 @@ def test_report_rewrites_git_tracked_files_only_when_asked(tiny_report, tmp_path
     assert (out / "README.md").read_text() != "the tracked page\n" and (out / "figures").is_dir()
     for name in ("README.md", "index.html"):  # readable by others, as open() makes a file
         assert (out / name).stat().st_mode & 0o777 == 0o644, name
+
+
+def test_a_planned_recipe_without_runs_is_listed_as_such(tiny_report, tmp_path):
+    """A study's table names every number it plans: one with no run yet gets a line saying so,
+    on both pages, and no verdict."""
+    study_dir, _ = tiny_report
+    config = json.dumps({"pipeline_check": True, "recipes": [*RECIPES, "nielsen_ch6_basic_conv"]})
+    assert main(["report", "--study-dir", str(study_dir), "--out", str(tmp_path), "--study-config", config]) == 0
+    markdown = (tmp_path / "README.md").read_text()
+    assert "| `nielsen_ch6_basic_conv` | 98.78 | – | no runs yet |" in markdown
+    html = (tmp_path / "index.html").read_text().replace("<wbr>", "")
+    assert re.search(r"nielsen_ch6_basic_conv</th>\s*<td class=\"num\">98.78</td>.{0,300}no runs yet", html, re.S)
+    assert "no runs yet" not in (tiny_report[1] / "README.md").read_text()  # the study without it
 
 
 def test_runs_that_changed_the_recipe_get_no_verdict(tiny_report):

@@ -1,6 +1,6 @@
 """The record's verdicts recomputed in the test, from the metrics.json files and the published
 table alone, with scipy in place of mnistbench.stats, and compared with the verdicts the report
-draws from the committed tables (report.judge_recipes).
+draws from the committed tables (verdicts.judge_recipes).
 
 Covered here: every published row judged from single runs (best of 1), which is most of the
 record, and the failure counts and Clopper-Pearson intervals of every row. The best-of-k rows,
@@ -66,7 +66,7 @@ def expected_verdict(values: list[float], printed: tuple[float, float]) -> str:
 
 @pytest.fixture(scope="module")
 def report_rows() -> dict[str, dict]:
-    from mnistbench.report import judge_recipes, load_metrics, load_tables
+    from mnistbench.verdicts import judge_recipes, load_metrics, load_tables
 
     runs, summary = load_tables(RECORD)
     return {r["recipe"]: r for r in judge_recipes(runs, summary, load_metrics(runs, RECORD), pipeline_check=False)}
