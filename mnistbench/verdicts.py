@@ -400,8 +400,8 @@ def judge_recipes(runs: pd.DataFrame, summary: pd.DataFrame, metrics: dict[int, 
 
 def not_yet_run(planned, rows: list[dict]) -> list[dict]:
     """The study's recipes (its config's `recipes:`) that its tables have no run of yet, so no
-    row of judge_recipes: listed apart, so that a table of the study names every number it
-    plans, in the order of the published table."""
+    row of judge_recipes: listed after the judged rows (in the order of the recipe table), so
+    that a table of the study names every number it plans."""
     recipes, judged = all_recipes(), {r["recipe"] for r in rows}
     waiting = [recipes[i] for i in recipes if i in set(planned or ()) and i not in judged]
     return [{"recipe": r.id, "variant": r.variant, "published_id": r.published_id,

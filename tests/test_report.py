@@ -111,6 +111,7 @@ def test_a_planned_recipe_without_runs_is_listed_as_such(tiny_report, tmp_path):
     assert main(["report", "--study-dir", str(study_dir), "--out", str(tmp_path), "--study-config", config]) == 0
     markdown = (tmp_path / "README.md").read_text()
     assert "| `nielsen_ch6_basic_conv` | 98.78 | – | no runs yet |" in markdown
+    assert "; 1 planned without a run yet." in markdown
     html = (tmp_path / "index.html").read_text().replace("<wbr>", "")
     assert re.search(r"nielsen_ch6_basic_conv</th>\s*<td class=\"num\">98.78</td>.{0,300}no runs yet", html, re.S)
     assert "no runs yet" not in (tiny_report[1] / "README.md").read_text()  # the study without it
