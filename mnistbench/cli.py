@@ -320,14 +320,13 @@ def cmd_docs(args) -> None:
 
 def cmd_findings(args) -> None:
     from .report import findings_table, update_findings
-    from .verdicts import ReportError
+    from .verdicts import ReportError, study_config
 
     if not Path(args.study_dir).is_dir():  # a mistyped folder must not empty the README's table
         raise UsageError(f"no such study folder: {args.study_dir}")
     try:
         # the study's planned recipes: those without a run yet get a line saying so
-        studies = (_workflow_config(args.config) or {}).get("studies") or {}
-        planned = (studies.get(Path(args.study_dir).name) or {}).get("recipes") or ()
+        planned = (study_config(Path(args.study_dir).name, args.config, None) or {}).get("recipes") or ()
         changed = update_findings(args.readme, args.study_dir, write=args.write, planned=planned)
         if not args.write:
             print(findings_table(args.study_dir, planned))

@@ -279,8 +279,7 @@ def short_why(recipe, judgement: stats.Judgement, detail: dict, published_text: 
     if recipe.kind == "baseline":
         return f"{round(abs(judgement.mean - printed[0]) * 100)} test images apart"
     parts = [f"{what} ({centre:.2f}%) is {images} test images {side} it", pick or "",
-             f"verdict from the rank check (Shapiro-Wilk rejects a normal model, p = {judgement.normality_p:.4f})"
-             if judgement.without_normal_model else "",
+             f"verdict from the rank check ({normality})" if judgement.without_normal_model else "",
              "a variant: another reading of the source" if recipe.variant else "",
              ("rank check: cannot decide" if judgement.rank_floor >= (1 - stats.LEVEL) / 2
               else f"rank check: {judgement.rank_verdict}")
@@ -402,11 +401,10 @@ def not_yet_run(planned, rows: list[dict]) -> list[dict]:
     """The study's recipes (its config's `recipes:`) that its tables have no run of yet, so no
     row of judge_recipes: listed after the judged rows (in the order of the recipe table), so
     that a table of the study names every number it plans."""
-    recipes, judged = all_recipes(), {r["recipe"] for r in rows}
-    waiting = [recipes[i] for i in recipes if i in set(planned or ()) and i not in judged]
+    waiting = set(planned or ()) - {r["recipe"] for r in rows}
     return [{"recipe": r.id, "variant": r.variant, "published_id": r.published_id,
              "published_text": published_row_of(r)["published_accuracy_pct"] if r.published_accuracy is not None
-             else ""} for r in waiting]
+             else ""} for r in all_recipes().values() if r.id in waiting]
 
 
 def add_holm(rows: list[dict]) -> list[dict]:
