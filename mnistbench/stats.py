@@ -108,7 +108,7 @@ def _top_all_old(n: int, k: int, j: int) -> float:
 
 
 def rank_check(values: list[float], printed: tuple[float, float], k: int = 1,
-               chosen_by_value: bool = True) -> tuple[float, float]:
+               chosen_by_value: bool = True, failed: int = 0) -> tuple[float, float]:
     """(p_above, p_below): distribution-free one-sided p-values, assuming only that our runs and
     the source's are exchangeable (no normal model).
 
@@ -120,21 +120,29 @@ def rank_check(values: list[float], printed: tuple[float, float], k: int = 1,
     (validation), its run lies between the least and the best of the k: p_above uses the best
     and p_below the least (1 - C(n, n-b+1) / C(n+k, n-b+1)), both upper bounds of the true p.
     Ties with a printed value count against the verdict.
+
+    failed: runs of ours that failed to learn (values holds only the n that learned). Then some
+    of the source's k runs may have failed too, and its published run is the best of the j of
+    them that learned, j unknown in 1..k. Every p above is monotone in j, so each takes its
+    worst case over j: the same j = k for all but p_below by value, which grows as j shrinks
+    and so uses j = 1 (C(n, b) / C(n+1, b) = (n+1-b) / (n+1)).
     """
     n = len(values)
     a = sum(v < printed[0] for v in values)
     b = sum(v > printed[1] for v in values)
     p_above = 1 - _top_all_old(n, k, n - a + 1)
-    p_below = _top_all_old(n, k, b) if chosen_by_value else 1 - _top_all_old(n, k, n - b + 1)
+    p_below = _top_all_old(n, 1 if failed else k, b) if chosen_by_value \
+        else 1 - _top_all_old(n, k, n - b + 1)
     return p_above, p_below
 
 
-def rank_floor(n: int, k: int, side: str, chosen_by_value: bool = True) -> float:
+def rank_floor(n: int, k: int, side: str, chosen_by_value: bool = True, failed: int = 0) -> float:
     """The smallest one-sided p rank_check can give with n runs, for a published number beyond
     all of them on this side ("above" or "below"). Above: k/(n+k). Below: 1/C(n+k, n) where the
-    source chose by the value, else k/(n+k). At 0.025 or more the check cannot reject at all."""
+    source chose by the value (1/(n+1) where some of our runs failed: rank_check), else k/(n+k).
+    At 0.025 or more the check cannot reject at all."""
     if side == "below" and chosen_by_value:
-        return 1 / math.comb(n + k, n)
+        return 1 / math.comb(n + (1 if failed else k), n)
     return k / (n + k)
 
 
@@ -354,7 +362,8 @@ def judge(published: float | None, mean: float, sd: float, n: int, *, k: int = 1
     accuracies): see best_of_k_interval. deterministic: a method without randomness (the
     baselines): one run is the whole distribution, compared directly. With `values`, the rank
     check and Shapiro-Wilk are computed beside the interval. failed: runs that failed to learn
-    beside these n; they lose every best of k in which one run learned (best_of_k_interval).
+    beside these n; they lose every best of k in which one run learned (best_of_k_interval,
+    rank_check).
     """
     if published is None or (isinstance(published, float) and math.isnan(published)):
         return Judgement("no published number")
@@ -392,44 +401,40 @@ def judge(published: float | None, mean: float, sd: float, n: int, *, k: int = 1
                      else "reaches " + ("0%" if raw[0] <= 0 else "100%")) + clipped)
     extra = {}
     if values:
-        p_above, p_below = rank_check(values, printed, k, by_value)
+        p_above, p_below = rank_check(values, printed, k, by_value, failed)
         rank_verdict = "above" if p_above < (1 - LEVEL) / 2 else "below" if p_below < (1 - LEVEL) / 2 \
             else "consistent"
         side = verdict if verdict in ("above", "below") else rank_verdict if rank_verdict != "consistent" \
             else "above" if printed[0] > centre else "below"
         extra = {"rank_p": p_above if printed[0] > centre else p_below, "rank_verdict": rank_verdict,
-                 "rank_floor": rank_floor(len(values), k, side, by_value),
+                 "rank_floor": rank_floor(len(values), k, side, by_value, failed),
                  "normality_p": normality_p(values)}
         if extra["normality_p"] < 1 - LEVEL and rank_verdict != verdict:
-            without = _without_normal_model(verdict, extra, (p_above, p_below), len(values), failed)
+            without = _without_normal_model(verdict, extra, (p_above, p_below), len(values))
             if without:
                 verdict, reason, p_value = without
                 extra["without_normal_model"] = True
     return Judgement(verdict, low, high, k, expected, reason, p_value=p_value, **extra)
 
 
-def _without_normal_model(verdict: str, extra: dict, rank_p: tuple[float, float], n: int,
-                          failed: int) -> tuple[str, str, float] | None:
+def _without_normal_model(verdict: str, extra: dict, rank_p: tuple[float, float],
+                          n: int) -> tuple[str, str, float] | None:
     """(verdict, reason, p) where Shapiro-Wilk rejects the normal model behind the interval and
     the rank check, which assumes none, disagrees with it. Where the rank check finds the
     published number outside our runs, its verdict is the row's, and its one-sided p on that
-    side, doubled, the row's p; but only where no run failed: the rank check compares the
-    published run with ours as if every new run learned, which makes its p too small for a best
-    of k some of whose runs would fail. Otherwise the interval is no evidence either way:
-    "uninformative", with no p (the model that gave it is rejected), so Holm's count leaves it out.
-    None: the interval already left the row uninformative, and it keeps that reason."""
+    side, doubled, the row's p (rank_check takes failed runs into account). Otherwise the
+    interval is no evidence either way: "uninformative", with no p (the model that gave it is
+    rejected), so Holm's count leaves it out. None: the interval already left the row
+    uninformative, and it keeps that reason."""
     rejected = f"Shapiro-Wilk rejects the normal model of the {n} runs (p = {extra['normality_p']:.4f})"
     rank = extra["rank_verdict"]
-    if rank != "consistent" and not failed:
+    if rank != "consistent":
         side_p = rank_p[0] if rank == "above" else rank_p[1]
         return rank, (f"{rejected}: the verdict is the rank check's (no normal model; one-sided p "
                       f"{side_p:.3f}), not the interval's ({verdict})"), min(1.0, 2 * side_p)
     if verdict == "uninformative":
         return None
-    if rank != "consistent":
-        without = (f"the rank check, which needs none, says {rank} but counts none of our {failed} "
-                   f"failed run{'s' if failed != 1 else ''}")
-    elif extra["rank_floor"] >= (1 - LEVEL) / 2:
+    if extra["rank_floor"] >= (1 - LEVEL) / 2:
         without = (f"the rank check, which needs none, cannot decide with {n} runs (its smallest "
                    f"one-sided p is {extra['rank_floor']:.3f})")
     else:

@@ -110,6 +110,29 @@ def test_rank_check_by_hand():
     assert stats.rank_check(runs, (5, 5))[0] == pytest.approx(1 / 3)
 
 
+def test_rank_check_counts_failed_runs():
+    # 5 learned runs of ours, a published best of 3 (by value) below all of them: 1/C(8, 5) = 1/56
+    # if every source run learned. With failed runs of ours, the source's best may be of fewer:
+    # worst case one learned run, 1/C(6, 5) = 1/6, and the check can no longer say "below"
+    runs = [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert stats.rank_check(runs, (0, 0), k=3, failed=2)[1] == pytest.approx(1 / 6)
+    assert stats.rank_floor(5, 3, "below", failed=2) == pytest.approx(1 / 6)
+    # below 3 of them (b = 3): C(5, 3)/C(6, 3) = 10/20
+    assert stats.rank_check(runs, (2.5, 2.5), k=3, failed=1)[1] == pytest.approx(1 / 2)
+    # the other sides keep their worst case j = k: the best of 3 above all, the least of 3 below
+    assert stats.rank_check(runs, (6, 6), k=3, failed=2)[0] == pytest.approx(3 / 8)
+    assert stats.rank_check(runs, (0, 0), k=3, chosen_by_value=False, failed=2)[1] == pytest.approx(3 / 8)
+    assert stats.rank_floor(5, 3, "above", failed=2) == pytest.approx(3 / 8)
+    # 30 learned runs and 10 failed, best of 3 by value, the published number below all 30:
+    # 1/C(33, 30) would say "below"; 1/31 (one source run learned) cannot
+    many = [99.0 + 0.01 * i for i in range(30)]
+    assert stats.rank_check(many, (98.0, 98.0), k=3)[1] == pytest.approx(1 / 5456)
+    mean, sd = sum(many) / 30, pd.Series(many).std()
+    judged = stats.judge(98.0, mean, sd, 30, k=3, values=many, printed=(97.995, 98.005), failed=10)
+    assert judged.rank_p == pytest.approx(1 / 31) and judged.rank_verdict == "consistent"
+    assert judged.rank_floor == pytest.approx(1 / 31)
+
+
 def test_rank_check_beside_the_interval():
     # n = 5, mean 98, sd 0.1: 98.31 is above the normal interval, but 5 runs cannot give a rank
     # p below 1/6: the two disagree and the judgement says what each found
@@ -172,9 +195,10 @@ def test_a_rejected_normal_model_leaves_the_verdict_to_the_rank_check():
     assert (judgement.verdict, judgement.rank_verdict) == ("above", "above")
     assert judgement.rank_p == pytest.approx(1 / 41) and judgement.p_value == pytest.approx(2 / 41)
     assert "rank check's" in judgement.reason and judgement.without_normal_model
-    # but the rank check counts no failed run: with one of ours failed, it decides nothing
+    # a failed run of ours beside them changes nothing here: the published run is one that
+    # learned (k = 1), and the 40 learned runs are exchangeable with it
     failed = stats.judge(99.5, mean, sd, 40, printed=(99.495, 99.505), values=runs, failed=1)
-    assert failed.verdict == "uninformative" and "failed run" in failed.reason and math.isnan(failed.p_value)
+    assert failed.verdict == "above" and failed.p_value == pytest.approx(2 / 41)
     # an interval too wide to judge stays uninformative for its own reason, rejected model or not
     runs = [50.0, 50.1, 50.2, 50.3, 20.0]
     wide = stats.judge(45.0, sum(runs) / 5, pd.Series(runs).std(), 5, printed=(44.95, 45.05), values=runs)
