@@ -57,7 +57,8 @@ VERDICTS = {
                      "while Shapiro-Wilk rejects its normal model and the rank check (no model) does "
                      "not: it supports no verdict",
     "not enough runs": f"fewer than {MIN_RUNS} runs that learned (or fewer than the k of a best "
-                       "of k) at the published learning rate; failed runs do not count: no verdict",
+                       f"of k, or than {MIN_RUNS + 1} for a best of k chosen by validation) at the "
+                       "published learning rate; failed runs do not count: no verdict",
     "settings changed": "the study changed the recipe's epochs or training images, so its runs "
                         "cannot replicate the published number: no verdict",
     "pipeline check": "the study is a pipeline check (tiny data, few epochs): the numbers test "
@@ -66,11 +67,18 @@ VERDICTS = {
 }
 
 
-def runs_needed(k: int = 1, deterministic: bool = False) -> int:
+def runs_needed(k: int = 1, deterministic: bool = False, two_numbers: bool = False) -> int:
     """Finished runs a verdict needs: one for a method without randomness (a baseline), else
     MIN_RUNS, or k for the best of k. An ensemble group is one run: its verdict needs three
-    groups. `mnistbench progress` counts a published number as done by this same rule."""
-    return 1 if deterministic else max(MIN_RUNS, k)
+    groups. two_numbers: the best of k chosen by another number than the one reported
+    (validation). Its model of (validation, test) pairs leaves a new run n - 2 degrees of
+    freedom, one fewer than a one-number model's n - 1 (best_of_k_predictive); with 3 runs that is
+    one, a Cauchy tail with no variance, so it needs one run more than MIN_RUNS for the 2 a
+    one-number verdict has at its least. `mnistbench progress` counts a published number as done
+    by this same rule."""
+    if deterministic:
+        return 1
+    return max(MIN_RUNS + (1 if two_numbers and k > 1 else 0), k)
 
 
 def t_quantile(n: int, level: float = LEVEL) -> float:
@@ -371,13 +379,16 @@ def judge(published: float | None, mean: float, sd: float, n: int, *, k: int = 1
         return Judgement("pipeline check", reason="pipeline check, not a replication")
     if settings_changed:
         return Judgement("settings changed", reason=settings_changed)
-    need = runs_needed(k, deterministic)
-    if n < need:
-        needs = f"the best of {k} needs {k}" if k > MIN_RUNS else f"a verdict needs {need}"
-        return Judgement("not enough runs", k=k,
-                         reason=f"{n} run{'s' if n != 1 else ''} to judge; {needs}")
-    printed = printed or (published, published)
     by_value = chooser is None or chooser == values
+    need = runs_needed(k, deterministic, two_numbers=not by_value)
+    if n < need:
+        needs = (f"the best of {k} needs {k}" if k >= need
+                 else f"a best of {k} chosen by validation needs {need}, one run more for how "
+                      "validation and test accuracy go together" if not by_value and k > 1
+                 else f"a verdict needs {need}")
+        return Judgement("not enough runs", k=k,
+                         reason=f"{n} run{'s' if n != 1 else ''} to judge: {needs}")
+    printed = printed or (published, published)
     chooser = values if chooser is None else chooser
     if deterministic:
         return Judgement(_side(printed, mean, mean), mean, mean, k)

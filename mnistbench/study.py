@@ -107,7 +107,8 @@ def runs_needed(recipe) -> int:
     """Finished runs (ensemble groups) at the published learning rate a recipe's verdict needs:
     the report's rule (stats.runs_needed), so progress never counts a number the report cannot
     judge."""
-    return stats.runs_needed(recipe.best_of, deterministic=recipe.kind == "baseline")
+    return stats.runs_needed(recipe.best_of, deterministic=recipe.kind == "baseline",
+                             two_numbers=recipe.best_chosen_by == "validation")
 
 
 # --- progress -------------------------------------------------------------------------------

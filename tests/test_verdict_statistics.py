@@ -61,7 +61,7 @@ def test_best_of_k_over_the_learned_runs():
 def test_fewer_than_three_learned_runs_are_not_enough():
     judgement = stats.judge_runs(96.5, [96.5, 96.4, 87.0, 75.9], [False, False, True, True])
     assert judgement.verdict == "not enough runs"
-    assert judgement.reason.startswith("2 runs to judge; a verdict needs 3; 2 of 4 runs failed (50%")
+    assert judgement.reason.startswith("2 runs to judge: a verdict needs 3; 2 of 4 runs failed (50%")
 
 
 def test_failed_runs_in_the_tables():
@@ -224,3 +224,19 @@ def test_ensemble_subset_interval_by_hand():
     # stretched votes 98.94, 99.08, 99.22, 99.36: one of four reaches 99.35
     assert (judgement.rank_p, judgement.p_value) == pytest.approx((0.25, 0.5))
     assert stats.judge_subset_votes([99.2, 99.0, 99.3, 99.1], (99.37, 99.37), 6, 2).verdict == "above"
+
+
+def test_a_best_of_k_by_validation_needs_a_run_more():
+    # (validation, test) pairs: the bivariate model leaves a new run n - 2 degrees of freedom, a
+    # Cauchy tail at n = 3 (nielsen_ch6_double_fc300's three runs gave 97.18-99.68, 4.5 times
+    # its one-run interval): no verdict until a fourth run
+    val, test = [99.50, 99.42, 99.47, 99.44], [99.39, 99.51, 99.45, 99.48]
+    three = stats.judge(99.48, 99.45, 0.06, 3, k=3, chooser=val[:3], values=test[:3], printed=(99.475, 99.485))
+    assert three.verdict == "not enough runs" and "needs 4" in three.reason
+    four = stats.judge(99.48, 99.4575, 0.05, 4, k=3, chooser=val, values=test, printed=(99.475, 99.485))
+    assert four.verdict != "not enough runs"
+    # chosen by the value itself, one number per run: 3 runs judge a best of 3
+    by_value = stats.judge(99.48, 99.45, 0.06, 3, k=3, values=test[:3], printed=(99.475, 99.485))
+    assert by_value.verdict != "not enough runs"
+    assert stats.runs_needed(3, two_numbers=True) == 4 and stats.runs_needed(5, two_numbers=True) == 5
+    assert stats.runs_needed(1, two_numbers=True) == 3 and stats.runs_needed(3, deterministic=True) == 1
