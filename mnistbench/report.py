@@ -30,7 +30,8 @@ from . import figures, stats
 from .aggregate import UNLEARNED_RECALL
 from .recipes import all_recipes, protocol_fields
 from .record import RECORD_FILE, WALL_LAST_STRETCH, atomic_write, experiment_name, git, wall_provenance
-from .verdicts import ReportError, is_pipeline_check, judge_recipes, load_metrics, load_tables, not_yet_run, run_path
+from .verdicts import (ReportError, is_pipeline_check, judge_recipes, load_metrics, load_tables, not_yet_run,
+                       pooled_text, run_path)
 
 FIGURES_DIR = "figures"  # overview figures: published_vs_replicated, lr_sensitivity, protocol_comparison
 CURVES_DIR = "learning_curves"  # one <recipe>.png/.svg per trained recipe
@@ -305,7 +306,8 @@ def findings_table(study_dir, planned=()) -> str:
     for r in not_yet_run(planned, rows):
         variant = f", variant of `{r['published_id']}`" if r["variant"] else ""
         lines.append(f"| `{r['recipe']}`{variant} | {r['published_text'] or '–'} | – | – | no runs yet |")
-    return "\n".join(lines)
+    together = pooled_text(rows)
+    return "\n".join(lines + (["", together] if together else []))
 
 
 def update_findings(readme, study_dir, write: bool = True, planned=()) -> bool:
@@ -350,7 +352,7 @@ def build_report(study_dir, out_dir, study_config: dict | None = None) -> Path:
         "study": study, "description": (study_config or {}).get("description"),
         "pipeline_check": pipeline_check, "rows": rows, "sections": sections, "figures": made,
         "verdicts": stats.VERDICTS, "failed_rule": stats.FAILED_RULE, "max_width": f"{stats.MAX_WIDTH:g}",
-        "tested": rows[0]["tested"] if rows else 0,
+        "tested": rows[0]["tested"] if rows else 0, "pooled": pooled_text(rows),
         # the verdicts that reject the published number, and how many survive Holm's adjustment
         "off_side": sum(r["verdict"] in ("above", "below") and not math.isnan(r["p_holm"]) for r in rows),
         "surviving": sum(r["verdict"] in ("above", "below") and r["p_holm"] < 0.05 for r in rows),

@@ -340,6 +340,9 @@ class Judgement:
     normality_p: float = math.nan  # Shapiro-Wilk over the runs judged
     # the verdict was taken without the normal model, which Shapiro-Wilk rejects (the reason says so)
     without_normal_model: bool = False
+    # the predictive share below the published number (the middle of its printed range): uniform
+    # over rows where the sources' runs are exchangeable with ours (sign_test)
+    position: float = math.nan
     # judge_runs: the runs at the published lr, those that failed, and its exact 95% interval
     runs: int = 0
     failed: int = 0
@@ -392,13 +395,16 @@ def judge(published: float | None, mean: float, sd: float, n: int, *, k: int = 1
     chooser = values if chooser is None else chooser
     if deterministic:
         return Judgement(_side(printed, mean, mean), mean, mean, k)
-    expected, centre = math.nan, mean
+    expected, centre, middle = math.nan, mean, sum(printed) / 2
     if k == 1:
         raw = prediction_interval(mean, sd, n)
         p_value = prediction_p(printed, mean, sd, n)
+        position = float(stats.t.cdf((middle - mean) / (sd * math.sqrt(1 + 1 / n)), n - 1)) \
+            if sd > 0 else math.nan
     else:
         raw_low, raw_high, expected, draws = best_of_k_interval(chooser, values, k, failed)
         raw, centre, p_value = (raw_low, raw_high), expected, predictive_p(printed, draws)
+        position = float(np.mean(draws < middle) + np.mean(draws == middle) / 2)
     low, high = clip_percent(raw)
     verdict = _side(printed, low, high)
     reason = ""
@@ -425,7 +431,7 @@ def judge(published: float | None, mean: float, sd: float, n: int, *, k: int = 1
             if without:
                 verdict, reason, p_value = without
                 extra["without_normal_model"] = True
-    return Judgement(verdict, low, high, k, expected, reason, p_value=p_value, **extra)
+    return Judgement(verdict, low, high, k, expected, reason, p_value=p_value, position=position, **extra)
 
 
 def _without_normal_model(verdict: str, extra: dict, rank_p: tuple[float, float],
@@ -451,6 +457,18 @@ def _without_normal_model(verdict: str, extra: dict, rank_p: tuple[float, float]
     else:
         without = f"the rank check, which needs none, finds it consistent (one-sided p {extra['rank_p']:.3f})"
     return "uninformative", f"the interval says {verdict}, but {rejected}, and {without}", math.nan
+
+
+def sign_test(positions: list[float]) -> tuple[int, int, float]:
+    """(high, n, p): over rows judged apart, how many published numbers lie above the middle of
+    their predictive distribution (Judgement.position > 1/2; a position of exactly 1/2 is left
+    out), of how many, and the two-sided binomial p of that count at 1/2. If every source's runs
+    were exchangeable with ours and every row's model held, the positions would be independent
+    and uniform, and each row a coin flip: a small p says the published numbers lean to one side
+    of our runs as a whole (a shared offset), which no row judged alone can see."""
+    kept = [p for p in positions if not math.isnan(p) and p != 0.5]
+    high = int(sum(p > 0.5 for p in kept))
+    return high, len(kept), float(stats.binomtest(high, len(kept), 0.5).pvalue) if kept else math.nan
 
 
 def failed_runs_text(failed: int, runs: int, low: float, high: float) -> str:
@@ -512,6 +530,10 @@ def judge_subset_votes(votes, printed: tuple[float, float], nets: int, k: int) -
     reach = sum(mean + (v - mean) * stretch >= printed[0] for v in ordered) / len(ordered)
     under = sum(mean + (v - mean) * stretch <= printed[1] for v in ordered) / len(ordered)
     verdict = _side(printed, low, high)
+    stretched = [mean + (v - mean) * stretch for v in ordered]
+    position = (sum(v < sum(printed) / 2 for v in stretched) + sum(v == sum(printed) / 2 for v in stretched) / 2) \
+        / len(ordered)
     return Judgement(verdict, *clip_percent((low, high)), 1, p_value=min(1.0, 2 * min(reach, under)),
+                     position=position,
                      rank_p=reach if printed[0] > mean else under, rank_verdict=verdict,
                      n=len(ordered), mean=mean, sd=statistics.pstdev(ordered))

@@ -391,6 +391,7 @@ def judge_recipes(runs: pd.DataFrame, summary: pd.DataFrame, metrics: dict[int, 
             "expected_best": judgement.expected_best, "p_value": judgement.p_value,
             "rank_p": judgement.rank_p, "rank_verdict": judgement.rank_verdict,
             "rank_floor": judgement.rank_floor, "normality_p": judgement.normality_p, "ensemble": detail,
+            "position": judgement.position, "without_normal_model": judgement.without_normal_model,
             "verdict": judgement.verdict, "reason": reason, "why": why, "run_index": index,
             "core_hours": cost,
         })
@@ -426,6 +427,43 @@ def add_holm(rows: list[dict]) -> list[dict]:
     for row in rows:
         row["tested"] = len(tested)
     return rows
+
+
+def pooled(rows: list[dict]) -> dict | None:
+    """The rows taken together (stats.sign_test): of the published numbers judged from an
+    interval that holds its model (consistent, above or below; no variant, which repeats its
+    published number, no baseline, which has no spread), how many lie above the middle of their
+    predictive distribution. None where fewer than 6 rows qualify (their p could not fall
+    below 0.05)."""
+    judged = [r for r in rows if r["verdict"] in ("consistent", "above", "below") and not r["variant"]
+              and not r["deterministic"] and not r.get("without_normal_model")
+              and not math.isnan(r.get("position", math.nan))]
+    high, n, p = stats.sign_test([r["position"] for r in judged])
+    if n < 6:  # 5 coin flips all on one side give p = 0.0625: fewer rows can never reject
+        return None
+    return {"high": high, "n": n, "p": p, "median": statistics.median(r["position"] for r in judged)}
+
+
+def pooled_text(rows: list[dict]) -> str:
+    """pooled() in words, for the README's findings and the report page; "" where it has too
+    few rows."""
+    together = pooled(rows)
+    if together is None:
+        return ""
+    high, n, p = together["high"], together["n"], together["p"]
+    text = (f"Taken together: of the {n} published numbers judged from an interval (variants and "
+            f"baselines left out), {high} lie above the middle of what our runs predict for them "
+            f"(the median position is {together['median']:.2f}, where 0.5 is our runs' middle). "
+            f"If every source's runs were exchangeable with ours, as each verdict assumes, and "
+            f"the rows independent, each would be a coin flip: two-sided sign-test p = {p:.3f}.")
+    if p >= 0.05:
+        return text + " The published numbers lean to neither side of our runs."
+    side = "above" if high > n / 2 else "below"
+    return (text + f" The published numbers lean {side} our runs as a whole: by more than our "
+            "seed-to-seed spread explains, although no row alone shows it. The test cannot say "
+            "why: a source reporting a good run among more than it says it ran, a difference "
+            "between its code and ours that moves every run a little, or its hardware's numerics "
+            "would each do it.")
 
 
 def line_lr(lines: pd.DataFrame) -> str:

@@ -240,3 +240,19 @@ def test_a_best_of_k_by_validation_needs_a_run_more():
     assert by_value.verdict != "not enough runs"
     assert stats.runs_needed(3, two_numbers=True) == 4 and stats.runs_needed(5, two_numbers=True) == 5
     assert stats.runs_needed(1, two_numbers=True) == 3 and stats.runs_needed(3, deterministic=True) == 1
+
+
+def test_position_and_the_sign_test_by_hand():
+    # one run's t predictive: mean 99.0, sd 0.1, n = 5, published 99.1 (middle of 99.05-99.15):
+    # t = 0.1 / (0.1 * sqrt(1.2)) = 0.912871 on 4 df, whose CDF is 0.793523
+    judgement = stats.judge(99.1, 99.0, 0.1, 5, printed=(99.05, 99.15))
+    assert judgement.position == pytest.approx(0.793523, abs=1e-6)
+    # best of 3 by value: the share of predictive draws below the middle
+    runs = [99.0, 99.1, 99.2, 99.05, 99.15]
+    best = stats.judge(99.1, 99.1, 0.079, 5, k=3, values=runs, printed=(99.05, 99.15))
+    draws = stats.best_of_k_predictive(runs, runs, 3)
+    assert best.position == pytest.approx(float((draws < 99.1).mean()), abs=1e-12)
+    # 6 rows all above their middle: two-sided p = 2 / 2^6; a row at exactly 1/2 or nan is no flip
+    assert stats.sign_test([0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.5, math.nan]) == (6, 6, pytest.approx(2 / 64))
+    # 16 of 21 (the record on 2026-12-07): 2 * sum_{i<=5} C(21, i) / 2^21 = 0.026604
+    assert stats.sign_test([0.9] * 16 + [0.1] * 5)[2] == pytest.approx(0.026604, abs=1e-6)

@@ -160,3 +160,39 @@ def test_every_verdict_counts_the_failed_runs_apart(report_rows):
         assert (report["failed"], report["n"]) == (failures, len(records) - failures), recipe_id
         checked += failures > 0
     assert checked >= 2  # rows with failed runs at their published lr: nielsen_ch1_fc100, seed_relu_wd01
+
+
+@pytest.mark.parametrize("recipe_id", SINGLE_RUN_ROWS)
+def test_single_run_position_recomputed_from_the_metrics_files(recipe_id, report_rows):
+    """Where the published number lies in the one-run predictive distribution (the t model of
+    the runs that learned), from the metrics files and scipy: what the pooled sign test counts."""
+    if recipe_id not in report_rows:
+        pytest.skip(f"{recipe_id}: no run recorded yet")
+    row = published_rows()[recipe_id]
+    records = records_at_published_lr(recipe_id, float(row["lr"]))
+    learned = [r["selected_accuracy"] for r in records if r["status"] == "finished" and not failed(r)]
+    if len(learned) < 3:
+        pytest.skip(f"{recipe_id}: {len(learned)} learned runs")
+    n, middle = len(learned), sum(printed_range(row["published_accuracy_pct"])) / 2
+    mean = sum(learned) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in learned) / (n - 1))
+    expected = scipy_stats.t.cdf((middle - mean) / (sd * math.sqrt(1 + 1 / n)), n - 1)
+    assert report_rows[recipe_id]["position"] == pytest.approx(expected, abs=1e-9)
+
+
+def test_pooled_sign_test_recomputed_over_the_report_rows(report_rows):
+    """The rows taken together: the published numbers above the middle of their predictive
+    distribution, counted here over the rows that qualify (judged from an interval with its
+    model; no variant, no baseline), and the exact two-sided binomial p summed by hand."""
+    from mnistbench.verdicts import pooled
+
+    positions = [r["position"] for r in report_rows.values()
+                 if r["verdict"] in ("consistent", "above", "below") and not r["variant"]
+                 and not r["deterministic"] and not r["without_normal_model"]]
+    assert all(not math.isnan(p) for p in positions) and len(positions) >= 6
+    n, high = len(positions), sum(p > 0.5 for p in positions)
+    tail = min(high, n - high)
+    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(tail + 1)) / 2 ** n)
+    together = pooled(list(report_rows.values()))
+    assert (together["high"], together["n"]) == (high, n)
+    assert together["p"] == pytest.approx(p, abs=1e-12)
