@@ -404,7 +404,7 @@ def judge(published: float | None, mean: float, sd: float, n: int, *, k: int = 1
     else:
         raw_low, raw_high, expected, draws = best_of_k_interval(chooser, values, k, failed)
         raw, centre, p_value = (raw_low, raw_high), expected, predictive_p(printed, draws)
-        position = float(np.mean(draws < middle) + np.mean(draws == middle) / 2)
+        position = share_below(draws, middle)
     low, high = clip_percent(raw)
     verdict = _side(printed, low, high)
     reason = ""
@@ -457,6 +457,12 @@ def _without_normal_model(verdict: str, extra: dict, rank_p: tuple[float, float]
     else:
         without = f"the rank check, which needs none, finds it consistent (one-sided p {extra['rank_p']:.3f})"
     return "uninformative", f"the interval says {verdict}, but {rejected}, and {without}", math.nan
+
+
+def share_below(samples: np.ndarray, middle: float) -> float:
+    """Judgement.position from samples of the predictive distribution (best-of-k draws, the
+    ensemble's stretched votes): the share below the middle, half of any tie."""
+    return float(np.mean(samples < middle) + np.mean(samples == middle) / 2)
 
 
 def sign_test(positions: list[float]) -> tuple[int, int, float]:
@@ -527,13 +533,10 @@ def judge_subset_votes(votes, printed: tuple[float, float], nets: int, k: int) -
     mean = sum(ordered) / len(ordered)
     stretch = math.sqrt((nets + k) / (nets - k))
     low, high = (mean + (quantile(ordered, q) - mean) * stretch for q in ((1 - LEVEL) / 2, (1 + LEVEL) / 2))
-    reach = sum(mean + (v - mean) * stretch >= printed[0] for v in ordered) / len(ordered)
-    under = sum(mean + (v - mean) * stretch <= printed[1] for v in ordered) / len(ordered)
+    stretched = mean + (np.asarray(ordered) - mean) * stretch
+    reach, under = float(np.mean(stretched >= printed[0])), float(np.mean(stretched <= printed[1]))
     verdict = _side(printed, low, high)
-    stretched = [mean + (v - mean) * stretch for v in ordered]
-    position = (sum(v < sum(printed) / 2 for v in stretched) + sum(v == sum(printed) / 2 for v in stretched) / 2) \
-        / len(ordered)
     return Judgement(verdict, *clip_percent((low, high)), 1, p_value=min(1.0, 2 * min(reach, under)),
-                     position=position,
+                     position=share_below(stretched, sum(printed) / 2),
                      rank_p=reach if printed[0] > mean else under, rank_verdict=verdict,
                      n=len(ordered), mean=mean, sd=statistics.pstdev(ordered))

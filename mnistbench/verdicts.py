@@ -436,8 +436,7 @@ def pooled(rows: list[dict]) -> dict | None:
     predictive distribution. None where fewer than 6 rows qualify (their p could not fall
     below 0.05)."""
     judged = [r for r in rows if r["verdict"] in ("consistent", "above", "below") and not r["variant"]
-              and not r["deterministic"] and not r.get("without_normal_model")
-              and not math.isnan(r.get("position", math.nan))]
+              and not r["deterministic"] and not r["without_normal_model"] and not math.isnan(r["position"])]
     high, n, p = stats.sign_test([r["position"] for r in judged])
     if n < 6:  # 5 coin flips all on one side give p = 0.0625: fewer rows can never reject
         return None
