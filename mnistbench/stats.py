@@ -516,22 +516,34 @@ def quantile(sorted_values, q: float) -> float:
     return float(sorted_values[min(len(sorted_values) - 1, math.ceil(q * len(sorted_values)) - 1)])
 
 
+def subset_stretch(nets: int, k: int) -> float:
+    """How much farther than the votes of every k-subset of N recorded nets the vote of k new
+    nets lies from their mean: sqrt((N + k)/(N - k)), sqrt(2) for 5 of 15.
+
+    Taken as a mean of k values, exactly for any N values: the mean of a k-subset varies over
+    the C(N, k) subsets by S^2/k * (N - k)/N, S^2 the N values' variance with divisor N - 1
+    (the finite-population correction, written for that divisor), and S^2 estimates the spread
+    of new nets without bias. A new ensemble varies by sigma^2/k about the true centre, and
+    about the mean of the N nets by sigma^2/k * (1 + k/N), as sqrt(1 + 1/n) widens one run's
+    interval. The ratio of the two is (N + k)/(N - k). tests/test_verdict_statistics.py checks
+    it against the subsets enumerated.
+    """
+    return math.sqrt((nets + k) / (nets - k))
+
+
 def judge_subset_votes(votes, printed: tuple[float, float], nets: int, k: int) -> Judgement:
     """An ensemble of k nets against the exact distribution of the votes of every k-subset of
     the `nets` recorded nets (ensemble.subset_votes; C(15, 5) = 3,003).
 
     The subsets share their nets, so their votes spread less than the votes of k new nets
-    would: for a mean of k values drawn from N without replacement the variance is (N - k)/N
-    of a fresh draw's, and predicting a new vote also carries the uncertainty of the centre
-    estimated from N nets, a factor (1 + k/N), as sqrt(1 + 1/n) does for one run. The interval
-    is therefore the subset votes' central 95% (their 2.5% and 97.5% quantiles), its distance
-    from their mean stretched by sqrt((N + k)/(N - k)) (sqrt(2) for 5 of 15): the shape is the
-    record's, no normal model. rank_p: the share of the stretched votes that reach the printed
-    number (or stay at or below it, for a number below the mean); p_value: twice that.
+    would; the interval is the subset votes' central 95% (their 2.5% and 97.5% quantiles), its
+    distance from their mean stretched by subset_stretch(N, k): the shape is the record's, no
+    normal model. rank_p: the share of the stretched votes that reach the printed number (or
+    stay at or below it, for a number below the mean); p_value: twice that.
     """
     ordered = sorted(votes)
     mean = sum(ordered) / len(ordered)
-    stretch = math.sqrt((nets + k) / (nets - k))
+    stretch = subset_stretch(nets, k)
     low, high = (mean + (quantile(ordered, q) - mean) * stretch for q in ((1 - LEVEL) / 2, (1 + LEVEL) / 2))
     stretched = mean + (np.asarray(ordered) - mean) * stretch
     reach, under = float(np.mean(stretched >= printed[0])), float(np.mean(stretched <= printed[1]))

@@ -411,7 +411,12 @@ def not_yet_run(planned, rows: list[dict]) -> list[dict]:
 def add_holm(rows: list[dict]) -> list[dict]:
     """Holm's adjustment over every verdict drawn from an interval (consistent, above, below,
     uninformative: each is one test at 5%); the rows that do not come out consistent say
-    whether they survive it. The deterministic baselines are compared exactly, not tested."""
+    whether they survive it. The deterministic baselines are compared exactly, not tested.
+    Uninformative rows stay in the family: it is set by which rows are tested, not by how wide
+    their intervals came out (choosing it by the runs' spread would make it depend on the data),
+    and their p is a valid one, large as a rule, so it only makes the adjustment more
+    conservative. A row whose normal model is rejected and whose rank check cannot decide has no
+    p to adjust (nan) and is left out."""
     tested = [r for r in rows if r["verdict"] in ("consistent", "above", "below", "uninformative")
               and not r["deterministic"] and not math.isnan(r["p_value"])]
     for row, adjusted in zip(tested, stats.holm([r["p_value"] for r in tested])):

@@ -8,8 +8,11 @@ ln 0.975 = -0.025318.
 
 from __future__ import annotations
 
+import itertools
 import math
+import statistics
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -224,6 +227,21 @@ def test_ensemble_subset_interval_by_hand():
     # stretched votes 98.94, 99.08, 99.22, 99.36: one of four reaches 99.35
     assert (judgement.rank_p, judgement.p_value) == pytest.approx((0.25, 0.5))
     assert stats.judge_subset_votes([99.2, 99.0, 99.3, 99.1], (99.37, 99.37), 6, 2).verdict == "above"
+
+
+def test_ensemble_stretch_against_the_subsets_enumerated():
+    # oracle: the k-subsets of N values enumerated, and the textbook variances. A subset mean
+    # varies over the C(N, k) subsets by exactly S^2/k * (N - k)/N, S^2 with divisor N - 1 (its
+    # unbiased estimate of sigma^2); a new k-net mean lies about the N nets' mean with variance
+    # sigma^2/k + sigma^2/N = sigma^2/k * (1 + k/N). The stretch must turn the first into the second.
+    nets, k = 15, 5
+    values = np.random.default_rng(7).normal(99.6, 0.05, nets)
+    subset_means = [statistics.fmean(c) for c in itertools.combinations(values, k)]
+    assert len(subset_means) == 3003
+    spread, s2 = statistics.pvariance(subset_means), statistics.variance(values)
+    assert spread == pytest.approx(s2 / k * (nets - k) / nets, rel=1e-9)
+    assert stats.subset_stretch(nets, k) ** 2 * spread == pytest.approx(s2 / k * (1 + k / nets), rel=1e-9)
+    assert stats.subset_stretch(15, 5) == pytest.approx(math.sqrt(2))
 
 
 def test_a_best_of_k_by_validation_needs_a_run_more():
