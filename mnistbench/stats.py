@@ -204,8 +204,8 @@ def best_of_k_distribution(chooser: list[float], value: list[float], k: int) -> 
     return [(value[i], w) for i, w in enumerate(weight) if w > 0]
 
 
-# Monte Carlo draws of a best of k: on the record's rows the interval's ends move by 0.001-0.03
-# point between seeds (docs/report.md), and no verdict changes.
+# Monte Carlo draws of a best of k: over 10 seeds on the record's best-of-k rows the interval's
+# ends move by 0.001-0.037 point (docs/report.md, 2026-12-07), and no verdict changes.
 PREDICTIVE_DRAWS = 100_000
 
 
