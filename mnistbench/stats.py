@@ -222,7 +222,15 @@ def _normal_posterior_draws(x: np.ndarray, draws: int, rng: np.random.Generator)
         sigma = scatter.reshape(1, 1, 1) / stats.chi2.rvs(n - 1, size=draws, random_state=rng).reshape(-1, 1, 1)
     else:
         sigma = stats.invwishart.rvs(df=n - 1, scale=scatter, size=draws, random_state=rng)
-    root = np.linalg.cholesky(sigma) if p > 1 else np.sqrt(sigma)
+    if p == 1:
+        root = np.sqrt(sigma)
+    else:
+        try:
+            root = np.linalg.cholesky(sigma)
+        except np.linalg.LinAlgError:  # at df = p (3 runs) a draw can be singular to rounding when
+            # |r| is near 1; any square root of Sigma serves: the symmetric one, from eigh
+            w, v = np.linalg.eigh(sigma)
+            root = v * np.sqrt(np.clip(w, 0, None))[:, None, :]
     mu = mean + np.einsum("dij,dj->di", root, rng.standard_normal((draws, p))) / math.sqrt(n)
     return mu, root
 
