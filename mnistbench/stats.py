@@ -551,9 +551,8 @@ def judge_subset_votes(votes, printed: tuple[float, float], nets: int, k: int) -
     """
     ordered = sorted(votes)
     mean = sum(ordered) / len(ordered)
-    stretch = subset_stretch(nets, k)
-    low, high = (mean + (quantile(ordered, q) - mean) * stretch for q in ((1 - LEVEL) / 2, (1 + LEVEL) / 2))
-    stretched = mean + (np.asarray(ordered) - mean) * stretch
+    stretched = mean + (np.asarray(ordered) - mean) * subset_stretch(nets, k)  # still sorted
+    low, high = (quantile(stretched, q) for q in ((1 - LEVEL) / 2, (1 + LEVEL) / 2))
     reach, under = float(np.mean(stretched >= printed[0])), float(np.mean(stretched <= printed[1]))
     verdict = _side(printed, low, high)
     return Judgement(verdict, *clip_percent((low, high)), 1, p_value=min(1.0, 2 * min(reach, under)),
